@@ -1,0 +1,37 @@
+"""marn_rec: MARN (multimodal adversarial CTR model, WWW 2020) as TorchRec-native modules."""
+
+from marn_rec.batch import ItemFeatures, MARNBatch, build_batch
+from marn_rec.config import (
+    ABLATIONS,
+    BehaviorConfig,
+    ItemTowerConfig,
+    MARNConfig,
+    ablation,
+    paper,
+    small,
+    tiny,
+)
+from marn_rec.loss import adversarial_lambda, marn_loss
+from marn_rec.model import MARN, MARNOutput, MARNTrain
+from marn_rec.tower import MARNTower, TowerOutput
+
+__all__ = [
+    "ABLATIONS",
+    "BehaviorConfig",
+    "ItemFeatures",
+    "ItemTowerConfig",
+    "MARN",
+    "MARNBatch",
+    "MARNConfig",
+    "MARNOutput",
+    "MARNTower",
+    "MARNTrain",
+    "TowerOutput",
+    "ablation",
+    "adversarial_lambda",
+    "build_batch",
+    "marn_loss",
+    "paper",
+    "small",
+    "tiny",
+]

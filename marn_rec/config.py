@@ -1,0 +1,185 @@
+"""Configuration of MARN as dataclasses.
+
+Defaults are the paper's values (WWW 2020, sections 3 and 4.1, Taobao column of Table 1). Where the
+paper gives no number the default is marked "not in the paper" with the reason for the choice.
+Presets (:func:`small`, :func:`tiny`) shrink numbers; they never select other code paths. The
+ablations of paper Table 3 are :data:`ABLATIONS`, applied with :func:`ablation`.
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, Tuple
+
+# Modality names, in the order the tower stacks them (index m of the discriminators' classes).
+IDS = "ids"
+IMAGE = "image"
+TITLE = "title"
+STATISTIC = "statistic"
+ALL_MODALITIES: Tuple[str, ...] = (IDS, IMAGE, TITLE, STATISTIC)
+
+FUSIONS = ("sum", "maf")  # BaseModel+CONC sums projected modalities; MAF is eq. 2-3.
+ADVERSARIALS = ("none", "adv", "ddma")  # none, one plain discriminator [30], DDMA (3.3.2-3.3.3).
+SEQUENCES = ("gru", "apgru")  # BaseModel's GRU, or APGRU (3.4.1).
+
+
+@dataclass(frozen=True)
+class ItemTowerConfig:
+    """The multimodal item tower: modality embedding (3.1.1), MAF (3.2), DDMA (3.3)."""
+
+    # 3.1.1 IDs, eq. 1; vocabularies from Table 1 (Taobao), dims from 4.1.
+    num_items: int = 800_000_000
+    num_shops: int = 17_000_000
+    num_brands: int = 1_000_000
+    num_categories: int = 20_000
+    item_dim: int = 32
+    shop_dim: int = 24
+    brand_dim: int = 24
+    category_dim: int = 16
+    # 3.1.1 image: VGG16 fc7, precomputed.
+    image_dim: int = 4096
+    # 3.1.1 title: h words of 300-d (Word2Vec/GloVe), Kim CNN with windows 2, 3, 4.
+    title_vocab_size: int = 400_000  # not in the paper: the GloVe 6B vocabulary it cites.
+    word_dim: int = 300
+    title_length: int = 32  # h, not in the paper: titles are padded/truncated to it.
+    title_windows: Tuple[int, ...] = (2, 3, 4)
+    title_filters: int = 100  # per window, not in the paper: Kim (2014)'s value.
+    # 3.1.1 statistic: each numeric statistic discretised at two granularities, 8-d lookups.
+    # Four statistics: exposure, click, transaction orders, transaction amount.
+    num_statistics: int = 4
+    statistic_buckets: Tuple[int, ...] = (10, 100)
+    statistic_dim: int = 8
+    # 3.2: every modality is projected to one size, then S_m / I give d = 256.
+    modality_dim: int = 256  # size of e_m, not in the paper: set equal to d.
+    hidden_dim: int = 256  # d
+    modalities: Tuple[str, ...] = ALL_MODALITIES
+    fusion: str = "maf"
+    adversarial: str = "ddma"
+
+    def __post_init__(self) -> None:
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be distinct and non-empty, got {self.modalities}")
+        unknown = set(self.modalities) - set(ALL_MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; known: {ALL_MODALITIES}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.adversarial not in ADVERSARIALS:
+            raise ValueError(f"adversarial must be one of {ADVERSARIALS}, got {self.adversarial!r}")
+        if self.adversarial != "none" and len(self.modalities) < 2:
+            raise ValueError("an adversarial network needs at least two modalities to discriminate")
+        if max(self.title_windows) > self.title_length:
+            raise ValueError("title_length must be at least the widest title window")
+
+
+@dataclass(frozen=True)
+class BehaviorConfig:
+    """Behaviour sequence and its property embedding (3.1.2)."""
+
+    max_length: int = 50  # T; DESIGN.md: Taobao sequences of about 50 behaviours.
+    num_behavior_types: int = 3  # click, add-to-cart, purchase
+    behavior_type_dim: int = 8  # not in the paper
+    # Seconds since the behaviour, discretised on a log scale (a statistic feature, 3.1.2).
+    num_time_buckets: int = 32  # not in the paper
+    time_dim: int = 8  # not in the paper
+
+
+@dataclass(frozen=True)
+class MARNConfig:
+    """The whole CTR model: item tower, behaviour integration (3.4.1) and prediction (3.4.2)."""
+
+    tower: ItemTowerConfig = field(default_factory=ItemTowerConfig)
+    behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
+    sequence: str = "apgru"
+    gru_hidden_dim: int = 256  # not in the paper: equal to the representation size.
+    attention_mlp: Tuple[int, ...] = (80, 40)  # not in the paper: DIN's candidate attention.
+    prediction_mlp: Tuple[int, ...] = (512, 256)  # Taobao; (128, 64) on Amazon.
+    # 4.1: lambda = lambda0 * (2 / (1 + exp(-gamma * p)) - 1).
+    lambda0: float = 0.05
+    gamma: float = 10.0
+    learning_rate: float = 0.1  # AdaGrad, dense and embeddings.
+
+    def __post_init__(self) -> None:
+        if self.sequence not in SEQUENCES:
+            raise ValueError(f"sequence must be one of {SEQUENCES}, got {self.sequence!r}")
+
+
+def paper() -> MARNConfig:
+    """Paper sizes (Taobao). Build it on the meta device and let DMP place the tables."""
+    return MARNConfig()
+
+
+def small() -> MARNConfig:
+    """Trains in minutes on 2 CPU cores: the training example's default."""
+    return MARNConfig(
+        tower=ItemTowerConfig(
+            num_items=100_000,
+            num_shops=5_000,
+            num_brands=2_000,
+            num_categories=100,
+            image_dim=256,
+            title_vocab_size=5_000,
+            word_dim=32,
+            title_length=12,
+            title_filters=16,
+            modality_dim=64,
+            hidden_dim=64,
+        ),
+        behavior=BehaviorConfig(max_length=20),
+        gru_hidden_dim=64,
+        attention_mlp=(32,),
+        prediction_mlp=(128, 64),
+    )
+
+
+def tiny() -> MARNConfig:
+    """For unit tests: every code path, sizes of a few rows."""
+    return MARNConfig(
+        tower=ItemTowerConfig(
+            num_items=50,
+            num_shops=7,
+            num_brands=5,
+            num_categories=4,
+            item_dim=6,
+            shop_dim=4,
+            brand_dim=4,
+            category_dim=3,
+            image_dim=10,
+            title_vocab_size=30,
+            word_dim=5,
+            title_length=6,
+            title_filters=3,
+            num_statistics=2,
+            statistic_dim=2,
+            modality_dim=8,
+            hidden_dim=8,
+        ),
+        behavior=BehaviorConfig(
+            max_length=6, behavior_type_dim=2, num_time_buckets=5, time_dim=2
+        ),
+        gru_hidden_dim=7,
+        attention_mlp=(5,),
+        prediction_mlp=(9, 4),
+    )
+
+
+PRESETS = {"paper": paper, "small": small, "tiny": tiny}
+
+# Paper Table 3. BaseModel uses a plain GRU; MARN = MAF + DDMA + APGRU.
+ABLATIONS: Dict[str, Dict[str, object]] = {
+    "BaseModel+IDs": dict(modalities=(IDS,), fusion="sum", adversarial="none", sequence="gru"),
+    "BaseModel+IMAGE": dict(modalities=(IMAGE,), fusion="sum", adversarial="none", sequence="gru"),
+    "BaseModel+CONC": dict(fusion="sum", adversarial="none", sequence="gru"),
+    "BaseModel+MAF": dict(fusion="maf", adversarial="none", sequence="gru"),
+    "BaseModel+MAF+ADV": dict(fusion="maf", adversarial="adv", sequence="gru"),
+    "BaseModel+MAF+DDMA": dict(fusion="maf", adversarial="ddma", sequence="gru"),
+    "MARN": dict(fusion="maf", adversarial="ddma", sequence="apgru"),
+}
+
+
+def ablation(name: str, base: MARNConfig) -> MARNConfig:
+    """The Table 3 configuration ``name`` at the sizes of ``base``."""
+    if name not in ABLATIONS:
+        raise ValueError(f"unknown ablation {name!r}; known: {list(ABLATIONS)}")
+    changes = dict(ABLATIONS[name])
+    sequence = changes.pop("sequence")
+    changes.setdefault("modalities", ALL_MODALITIES)
+    return replace(base, tower=replace(base.tower, **changes), sequence=sequence)

@@ -1,0 +1,1 @@
+"""MARN's architectures, one paper concept per file."""

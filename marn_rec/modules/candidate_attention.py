@@ -1,0 +1,58 @@
+"""Candidate attention of APGRU (paper 3.4.1): an MLP scores ``[h_t, rep_candidate]``, a softmax over
+the valid steps normalises the scores, and the user embedding is ``sum_t a_t h_t``."""
+
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+
+class CandidateAttention(nn.Module):
+    """Attention pooling of the behaviour states with respect to the candidate item.
+
+    Args:
+        state_dim (int): size of ``h_t``.
+        candidate_dim (int): size of ``rep_candidate``.
+        layer_sizes (Sequence[int]): hidden layers of the scoring MLP (ReLU); a linear layer to
+            one score follows.
+        device (torch.device | None): parameter device.
+
+    Example::
+
+        att = CandidateAttention(256, 256, (80, 40))
+        user = att(states, lengths, candidate)  # [B, 256]
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        candidate_dim: int,
+        layer_sizes: Sequence[int],
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = list(layer_sizes)
+        self.mlp = MLP(state_dim + candidate_dim, sizes, device=device) if sizes else nn.Identity()
+        self.score = nn.Linear(sizes[-1] if sizes else state_dim + candidate_dim, 1, device=device)
+
+    def forward(
+        self, states: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            states (torch.Tensor): [B, T, state_dim] behaviour states ``h_t``.
+            lengths (torch.Tensor): [B] valid steps; a sample with none gets a zero embedding.
+            candidate (torch.Tensor): [B, candidate_dim] candidate representations.
+
+        Returns:
+            torch.Tensor: [B, state_dim] user embeddings ``u_candidate``.
+        """
+        b, t, _ = states.shape
+        pairs = torch.cat([states, candidate.unsqueeze(1).expand(b, t, -1)], dim=2)
+        scores = self.score(self.mlp(pairs)).squeeze(2)
+        valid = torch.arange(t, device=states.device).unsqueeze(0) < lengths.unsqueeze(1)
+        # A finite fill (not -inf) keeps rows without any valid step free of NaN gradients.
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=1).masked_fill(~valid, 0.0)
+        return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
