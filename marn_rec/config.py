@@ -131,29 +131,32 @@ def small() -> MARNConfig:
 
 
 def tiny() -> MARNConfig:
-    """For unit tests: every code path, sizes of a few rows."""
+    """For unit tests: every code path, sizes of a few rows.
+
+    Embedding dims are multiples of 4: FBGEMM's kernels need that of every (column) shard.
+    """
     return MARNConfig(
         tower=ItemTowerConfig(
             num_items=50,
             num_shops=7,
             num_brands=5,
             num_categories=4,
-            item_dim=6,
+            item_dim=8,
             shop_dim=4,
             brand_dim=4,
-            category_dim=3,
+            category_dim=4,
             image_dim=10,
             title_vocab_size=30,
-            word_dim=5,
+            word_dim=4,
             title_length=6,
             title_filters=3,
             num_statistics=2,
-            statistic_dim=2,
+            statistic_dim=4,
             modality_dim=8,
             hidden_dim=8,
         ),
         behavior=BehaviorConfig(
-            max_length=6, behavior_type_dim=2, num_time_buckets=5, time_dim=2
+            max_length=6, behavior_type_dim=4, num_time_buckets=5, time_dim=4
         ),
         gru_hidden_dim=7,
         attention_mlp=(5,),

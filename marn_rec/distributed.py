@@ -1,0 +1,176 @@
+"""Sharding MARN with TorchRec: optimizers, planner constraints, DistributedModelParallel.
+
+Paper 4.1 trains everything with AdaGrad at lr 0.1. Tables get FBGEMM's fused row-wise AdaGrad
+(``apply_optimizer_in_backward(RowWiseAdagrad)``: DMP turns it into the TBE kernels' fused update,
+and on an unsharded model it runs the same update in the backward hooks, so a sharded and an
+unsharded run of the same model train identically). Dense parameters get ``torch.optim.Adagrad``.
+"""
+
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+# FBGEMM's row-wise AdaGrad default; set explicitly so the unsharded reference matches it.
+ADAGRAD_EPS = 1e-8
+
+# gloo has no reduce-scatter, which row-wise (and table-row-wise) sharding needs on CPU.
+CPU_SHARDING_TYPES: Tuple[str, ...] = (
+    ShardingType.TABLE_WISE.value,
+    ShardingType.COLUMN_WISE.value,
+)
+
+
+def embedding_tables(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
+    """Every EmbeddingBagCollection / EmbeddingCollection of ``model``, by qualified name."""
+    for name, module in model.named_modules():
+        if isinstance(module, (EmbeddingBagCollection, EmbeddingCollection)):
+            yield name, module
+
+
+def table_names(model: nn.Module) -> List[str]:
+    """Names of all embedding tables of ``model`` (the planner's parameter names)."""
+    names = []
+    for _, module in embedding_tables(model):
+        configs = (
+            module.embedding_bag_configs()
+            if isinstance(module, EmbeddingBagCollection)
+            else module.embedding_configs()
+        )
+        names += [c.name for c in configs]
+    return names
+
+
+def apply_embedding_optimizer(
+    model: nn.Module,
+    lr: float = 0.1,
+    optimizer_class: Type[torch.optim.Optimizer] = RowWiseAdagrad,
+    **kwargs: Any,
+) -> None:
+    """An optimizer fused into the backward pass for every embedding table of ``model``.
+
+    Row-wise AdaGrad by default (paper 4.1, with FBGEMM's ``eps``); any optimizer that TorchRec maps
+    to an FBGEMM kernel works (``torch.optim.SGD`` for tests that need a scale-sensitive update).
+    Call before DistributedModelParallel, which reads it to configure the FBGEMM kernels.
+    """
+    if optimizer_class is RowWiseAdagrad:
+        kwargs.setdefault("eps", ADAGRAD_EPS)
+    for _, module in embedding_tables(model):
+        apply_optimizer_in_backward(optimizer_class, module.parameters(), {"lr": lr, **kwargs})
+
+
+def dense_optimizer(
+    model: nn.Module,
+    lr: float = 0.1,
+    optimizer_class: Type[torch.optim.Optimizer] = torch.optim.Adagrad,
+) -> KeyedOptimizerWrapper:
+    """AdaGrad (by default) over the parameters that no in-backward optimizer owns."""
+    params: Dict[str, nn.Parameter] = dict(in_backward_optimizer_filter(model.named_parameters()))
+    return KeyedOptimizerWrapper(params, lambda ps: optimizer_class(ps, lr=lr))
+
+
+def training_optimizer(
+    model: nn.Module,
+    lr: float = 0.1,
+    optimizer_class: Type[torch.optim.Optimizer] = torch.optim.Adagrad,
+) -> CombinedOptimizer:
+    """One optimizer over everything: the fused table optimizer (sharded models) and dense AdaGrad.
+
+    Step it after ``backward``; the table part has already been applied inside the backward.
+    """
+    optimizers = [("dense", dense_optimizer(model, lr, optimizer_class))]
+    if isinstance(model, DistributedModelParallel):
+        optimizers.insert(0, ("sparse", model.fused_optimizer))
+    return CombinedOptimizer(optimizers)
+
+
+def sharding_constraints(
+    model: nn.Module, sharding_types: Sequence[str]
+) -> Dict[str, ParameterConstraints]:
+    """The same allowed sharding types for every table of ``model``."""
+    return {
+        name: ParameterConstraints(sharding_types=list(sharding_types))
+        for name in table_names(model)
+    }
+
+
+def plan_sharding(
+    model: nn.Module,
+    pg: dist.ProcessGroup,
+    compute_device: str,
+    sharding_types: Optional[Sequence[str]] = None,
+    batch_size: int = 1024,
+) -> ShardingPlan:
+    """TorchRec's planner over the ranks of ``pg``; on CPU limited to :data:`CPU_SHARDING_TYPES`."""
+    if sharding_types is None and compute_device == "cpu":
+        sharding_types = CPU_SHARDING_TYPES
+    constraints = sharding_constraints(model, sharding_types) if sharding_types else None
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(
+            world_size=dist.get_world_size(pg),
+            compute_device=compute_device,
+            local_world_size=dist.get_world_size(pg),
+        ),
+        batch_size=batch_size,
+        constraints=constraints,
+    )
+    return planner.collective_plan(model, None, pg)
+
+
+def shard_model(
+    model: nn.Module,
+    device: torch.device,
+    pg: Optional[dist.ProcessGroup] = None,
+    sharding_types: Optional[Sequence[str]] = None,
+    plan: Optional[ShardingPlan] = None,
+) -> DistributedModelParallel:
+    """Plans and wraps ``model`` (built on ``meta`` or CPU) in DistributedModelParallel.
+
+    Call :func:`apply_embedding_optimizer` first. Dense parameters are replicated with DDP.
+    """
+    pg = pg or dist.GroupMember.WORLD
+    if plan is None:
+        plan = plan_sharding(model, pg, device.type, sharding_types)
+    return DistributedModelParallel(module=model, device=device, plan=plan)
+
+
+@torch.no_grad()
+def load_unsharded_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Copies an unsharded model's ``state_dict`` into a sharded one, shard by shard.
+
+    (``torchrec.distributed.test_utils.test_sharding.copy_state_dict`` does this too, but that
+    module imports TorchRec's test package, which the wheel does not ship.)
+    """
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    local = model.state_dict()
+    missing = sorted(set(local) - set(state))
+    if missing:
+        raise ValueError(f"state has no entry for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    for name, target in local.items():
+        source = state[name]
+        if isinstance(target, ShardedTensor):
+            if list(source.shape) != list(target.size()):
+                raise ValueError(f"{name}: global shape {list(target.size())}, got {list(source.shape)}")
+            for shard in target.local_shards():
+                index = tuple(
+                    slice(o, o + s)
+                    for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                )
+                shard.tensor.copy_(source[index])
+        elif isinstance(target, torch.Tensor):
+            if target.shape != source.shape:
+                raise ValueError(f"{name}: shape {list(target.shape)}, got {list(source.shape)}")
+            target.copy_(source)
+        else:
+            raise ValueError(f"{name}: unsupported state type {type(target).__name__}")
