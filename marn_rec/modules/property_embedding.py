@@ -36,5 +36,17 @@ class PropertyEmbedding(nn.Module):
         Returns:
             torch.Tensor: [N, output_dim].
         """
+        empty = history_property.stride() == 0
+        if empty:
+            # A batch without behaviours: TorchRec cannot split a KJT of stride 0, and a sharded
+            # lookup must still run on every rank (its all-to-all is collective), so look up one
+            # placeholder behaviour and return none.
+            lengths = history_property.lengths()
+            history_property = KeyedJaggedTensor(
+                keys=list(PROPERTY_FEATURES),
+                values=lengths.new_zeros(len(PROPERTY_FEATURES)),
+                lengths=lengths.new_ones(len(PROPERTY_FEATURES)),
+            )
         pooled = self.ebc(history_property).to_dict()
-        return torch.cat([pooled[f] for f in PROPERTY_FEATURES], dim=1)
+        out = torch.cat([pooled[f] for f in PROPERTY_FEATURES], dim=1)
+        return out[:0] if empty else out
