@@ -69,14 +69,23 @@ def apply_embedding_optimizer(
         apply_optimizer_in_backward(optimizer_class, module.parameters(), {"lr": lr, **kwargs})
 
 
+# TensorFlow's AdaGrad default, which a 2019 implementation of the paper would have had. With
+# torch's default of 0 the first step moves every weight by lr (0.1) whatever its gradient, and on
+# 256-wide layers the CTR loss spikes to hundreds in the first steps (measured on the small preset).
+ADAGRAD_INITIAL_ACCUMULATOR = 0.1
+
+
 def dense_optimizer(
     model: nn.Module,
     lr: float = 0.1,
     optimizer_class: Type[torch.optim.Optimizer] = torch.optim.Adagrad,
+    **kwargs: Any,
 ) -> KeyedOptimizerWrapper:
     """AdaGrad (by default) over the parameters that no in-backward optimizer owns."""
+    if optimizer_class is torch.optim.Adagrad:
+        kwargs.setdefault("initial_accumulator_value", ADAGRAD_INITIAL_ACCUMULATOR)
     params: Dict[str, nn.Parameter] = dict(in_backward_optimizer_filter(model.named_parameters()))
-    return KeyedOptimizerWrapper(params, lambda ps: optimizer_class(ps, lr=lr))
+    return KeyedOptimizerWrapper(params, lambda ps: optimizer_class(ps, lr=lr, **kwargs))
 
 
 def training_optimizer(
