@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -139,7 +140,8 @@ def load_checkpoint(
         loader_state = torch.load(
             os.path.join(path, f"loader_rank{rank}.pt"), weights_only=False
         )
-    except Exception as e:  # DCP raises several types (CheckpointException, KeyError, OSError...)
+    # DCP's CheckpointException derives from BaseException, not Exception.
+    except (Exception, CheckpointException) as e:
         raise CheckpointError(f"{path}: damaged checkpoint: {type(e).__name__}: {e}") from e
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])

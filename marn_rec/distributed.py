@@ -2,8 +2,10 @@
 
 Paper 4.1 trains everything with AdaGrad at lr 0.1. Tables get FBGEMM's fused row-wise AdaGrad
 (``apply_optimizer_in_backward(RowWiseAdagrad)``: DMP turns it into the TBE kernels' fused update,
-and on an unsharded model it runs the same update in the backward hooks, so a sharded and an
-unsharded run of the same model train identically). Dense parameters get ``torch.optim.Adagrad``.
+and on an unsharded model it runs the same update in the backward hooks, so with table-wise (or
+row-wise) sharding a sharded and an unsharded run train identically. Column-wise sharding keeps one
+row-wise accumulator per column shard, a slightly different optimizer. Dense parameters get
+``torch.optim.Adagrad``.
 """
 
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type

@@ -53,6 +53,8 @@ class TrainConfig:
         recall_at: N of the cold-item recall@N (Table 5).
         data_overrides: fields of :class:`SyntheticTaobaoConfig` to change.
         progress: show a tqdm bar on rank 0.
+        stop_after: stop (with a checkpoint) after this many steps, as a preemption would; a later
+            run with the same configuration resumes and finishes.
     """
 
     preset: str = "small"
@@ -72,6 +74,7 @@ class TrainConfig:
     recall_at: Tuple[int, ...] = (1, 3, 5)
     data_overrides: Dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    stop_after: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -158,9 +161,13 @@ def evaluation_metrics(e: Dict[str, torch.Tensor], recall_at: Sequence[int]) -> 
     return out
 
 
+# Settings that may change between a run and its resumption.
+_NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every", "stop_after")
+
+
 def _run_meta(cfg: TrainConfig, data_cfg: SyntheticTaobaoConfig) -> Dict[str, Any]:
     """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
-    run = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every")}
+    run = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED}
     return json.loads(json.dumps({"train": run, "data": asdict(data_cfg)}))
 
 
@@ -213,7 +220,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress, desc="train", dynamic_ncols=True)
     batches = iter(train_loader)
     dmp.train()
-    while step < cfg.steps:
+    last_step = cfg.steps if cfg.stop_after is None else min(cfg.stop_after, cfg.steps)
+    while step < last_step:
         batch = next(batches).to(device)
         lam = adversarial_lambda(step / max(cfg.steps - 1, 1), model_cfg.lambda0, model_cfg.gamma)
         loss, (losses, _, _) = dmp(batch, lam)
@@ -239,7 +247,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 tqdm.write(f"step {step}: auc {last_eval['auc']:.4f} (bayes {last_eval['bayes_auc']:.4f}) "
                            f"user_auc {last_eval['user_auc']:.4f} (bayes {last_eval['bayes_user_auc']:.4f})")
             window, window_steps, window_start = {}, 0, time.perf_counter()
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == last_step:
             save_checkpoint(ckpt_root, step, dmp, optimizer, train_loader, meta)
     bar.close()
     return last_eval

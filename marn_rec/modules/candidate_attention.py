@@ -34,7 +34,11 @@ class CandidateAttention(nn.Module):
         super().__init__()
         sizes = list(layer_sizes)
         self.mlp = MLP(state_dim + candidate_dim, sizes, device=device) if sizes else nn.Identity()
-        self.score = nn.Linear(sizes[-1] if sizes else state_dim + candidate_dim, 1, device=device)
+        # No bias: the softmax over steps ignores a constant, so a bias would only get float-noise
+        # gradients, which AdaGrad's g / sqrt(sum g^2) turns into steps of +-lr.
+        self.score = nn.Linear(
+            sizes[-1] if sizes else state_dim + candidate_dim, 1, bias=False, device=device
+        )
 
     def forward(
         self, states: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor
