@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--sharding-types", nargs="*", default=None, help="e.g. table_wise column_wise row_wise")
     p.add_argument("--no-dedup", action="store_true", help="run the item tower once per slot")
     p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this step, with a checkpoint")
+    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args()
     result = train(
         TrainConfig(
@@ -39,6 +41,7 @@ def main() -> None:
             eval_every=a.eval_every, eval_batches=a.eval_batches, learning_rate=a.lr,
             out_dir=a.out_dir, checkpoint_every=a.checkpoint_every, resume=a.resume,
             sharding_types=a.sharding_types, dedup=not a.no_dedup, num_workers=a.num_workers,
+            stop_after=a.stop_after, progress=not a.no_progress,
         )
     )
     if dist.get_rank() == 0:
