@@ -6,6 +6,7 @@ every process runs :func:`train`; NCCL is used on GPUs and gloo on CPU.
 
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -99,12 +100,19 @@ class TrainConfig:
         )
 
 
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed() -> Tuple[int, int, torch.device]:
     """Joins torchrun's process group (or a one-process gloo group); NCCL on GPUs, gloo on CPU."""
     if not dist.is_initialized():
         if "RANK" not in os.environ:  # plain `python`: a group of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     rank = dist.get_rank()
