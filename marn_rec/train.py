@@ -29,6 +29,7 @@ from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig, make_loader
 from marn_rec.distributed import apply_embedding_optimizer, shard_model, training_optimizer
 from marn_rec.loss import adversarial_lambda
 from marn_rec.model import MARN, MARNTrain
+from marn_rec.report import plot_training
 
 
 @dataclass
@@ -258,4 +259,6 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == last_step:
             save_checkpoint(ckpt_root, step, dmp, optimizer, train_loader, meta)
     bar.close()
+    if rank == 0 and last_eval:
+        plot_training(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
     return last_eval

@@ -38,6 +38,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None
     assert resumed == full
     assert _evals(tmp_path / "resumed")[-1] == _evals(tmp_path / "full")[-1]
     assert {"auc", "bayes_auc", "user_auc", "auc_by_popularity_level"} <= set(full)
+    assert (tmp_path / "full" / "metrics.png").stat().st_size > 10_000
 
 
 def test_mismatched_checkpoint_is_refused(tmp_path: Path) -> None:
