@@ -1,0 +1,18 @@
+"""MARN training samples/s: DMP-sharded vs an unsharded baseline, over item-table sizes.
+
+    python benchmarks/qps.py            # the full sweep (minutes; run on a quiet machine)
+    python benchmarks/qps.py --quick    # seconds: tiny preset, end to end
+    python benchmarks/qps.py --help
+
+All logic lives in :mod:`marn_rec.benchmark`.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from marn_rec.benchmark import qps_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(qps_main())
