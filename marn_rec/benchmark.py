@@ -175,14 +175,6 @@ def table_shapes(model: nn.Module) -> Dict[str, Tuple[int, int, int]]:
     return shapes
 
 
-def _even_column_wise(dim: int, world_size: int) -> int:
-    """Most column shards (<= world_size) that split ``dim`` into equal multiples of 4 columns."""
-    for k in range(world_size, 0, -1):
-        if dim % k == 0 and (dim // k) % 4 == 0:
-            return k
-    return 1
-
-
 def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type: str, batch_size: int = 1024):
     """The sharding plan of a benchmark run (computed without a process group).
 
@@ -199,7 +191,7 @@ def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type
     )
     from torchrec.distributed.types import ShardingPlan
 
-    from marn_rec.distributed import embedding_tables, sharding_constraints
+    from marn_rec.distributed import column_shards, embedding_tables, sharding_constraints
 
     if sharding_type == COLUMN_WISE:
         plans = {}
@@ -208,7 +200,7 @@ def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type
             per_table = {}
             for name, param in module.named_parameters():
                 table = name.split(".")[-2]
-                k = _even_column_wise(param.shape[1], world_size)
+                k = column_shards(param.shape[1], world_size)
                 ranks = [(next_rank + j) % world_size for j in range(k)]
                 next_rank = (next_rank + k) % world_size
                 per_table[table] = column_wise(ranks=ranks) if k > 1 else table_wise(rank=ranks[0])

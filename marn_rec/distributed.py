@@ -40,17 +40,31 @@ def embedding_tables(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
             yield name, module
 
 
-def table_names(model: nn.Module) -> List[str]:
-    """Names of all embedding tables of ``model`` (the planner's parameter names)."""
-    names = []
+def table_dims(model: nn.Module) -> Dict[str, int]:
+    """Embedding dim of every table of ``model``, by table name (the planner's parameter names)."""
+    dims = {}
     for _, module in embedding_tables(model):
         configs = (
             module.embedding_bag_configs()
             if isinstance(module, EmbeddingBagCollection)
             else module.embedding_configs()
         )
-        names += [c.name for c in configs]
-    return names
+        dims.update({c.name: c.embedding_dim for c in configs})
+    return dims
+
+
+def table_names(model: nn.Module) -> List[str]:
+    """Names of all embedding tables of ``model``."""
+    return list(table_dims(model))
+
+
+def column_shards(dim: int, world_size: int) -> int:
+    """Most column shards (<= world_size) that split ``dim`` into equal multiples of 4 columns
+    (FBGEMM's kernels need every shard's width divisible by 4)."""
+    for k in range(world_size, 0, -1):
+        if dim % k == 0 and (dim // k) % 4 == 0:
+            return k
+    return 1
 
 
 def apply_embedding_optimizer(
@@ -106,13 +120,26 @@ def training_optimizer(
 
 
 def sharding_constraints(
-    model: nn.Module, sharding_types: Sequence[str]
+    model: nn.Module, sharding_types: Sequence[str], world_size: int = 1
 ) -> Dict[str, ParameterConstraints]:
-    """The same allowed sharding types for every table of ``model``."""
-    return {
-        name: ParameterConstraints(sharding_types=list(sharding_types))
-        for name in table_names(model)
-    }
+    """The same allowed sharding types for every table of ``model``.
+
+    TorchRec's planner never cuts a table into column shards narrower than 128 columns, so
+    column-wise would leave MARN's 8- to 300-wide tables whole; where column-wise is allowed the
+    minimum shard width is set so that a table can split over up to ``world_size`` ranks.
+    """
+    constraints = {}
+    for name, dim in table_dims(model).items():
+        shards = column_shards(dim, world_size)
+        min_partition = (
+            dim // shards
+            if ShardingType.COLUMN_WISE.value in sharding_types and shards > 1
+            else None
+        )
+        constraints[name] = ParameterConstraints(
+            sharding_types=list(sharding_types), min_partition=min_partition
+        )
+    return constraints
 
 
 def plan_sharding(
@@ -125,12 +152,11 @@ def plan_sharding(
     """TorchRec's planner over the ranks of ``pg``; on CPU limited to :data:`CPU_SHARDING_TYPES`."""
     if sharding_types is None and compute_device == "cpu":
         sharding_types = CPU_SHARDING_TYPES
-    constraints = sharding_constraints(model, sharding_types) if sharding_types else None
+    world_size = dist.get_world_size(pg)
+    constraints = sharding_constraints(model, sharding_types, world_size) if sharding_types else None
     planner = EmbeddingShardingPlanner(
         topology=Topology(
-            world_size=dist.get_world_size(pg),
-            compute_device=compute_device,
-            local_world_size=dist.get_world_size(pg),
+            world_size=world_size, compute_device=compute_device, local_world_size=world_size
         ),
         batch_size=batch_size,
         constraints=constraints,
@@ -149,6 +175,18 @@ def shard_model(
 
     Call :func:`apply_embedding_optimizer` first. Dense parameters are replicated with DDP.
     """
+    missing = [
+        f"{path}.{name}"
+        for path, module in embedding_tables(model)
+        for name, p in module.named_parameters()
+        if not hasattr(p, "_in_backward_optimizers")
+    ]
+    if missing:
+        # Without it TorchRec picks the non-fused kernel, which crashed a column-wise gloo run.
+        raise ValueError(
+            f"embedding tables without an in-backward optimizer: {missing[:3]}; call "
+            "marn_rec.distributed.apply_embedding_optimizer(model) before shard_model"
+        )
     pg = pg or dist.GroupMember.WORLD
     if plan is None:
         plan = plan_sharding(model, pg, device.type, sharding_types)
@@ -185,3 +223,12 @@ def load_unsharded_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) 
             target.copy_(source)
         else:
             raise ValueError(f"{name}: unsupported state type {type(target).__name__}")
+
+
+def plan_summary(plan: ShardingPlan) -> str:
+    """One line per table: sharding type, compute kernel and the ranks that hold it."""
+    lines = []
+    for path, tables in plan.plan.items():
+        for table, p in tables.items():  # type: ignore[union-attr]
+            lines.append(f"{path}.{table}: {p.sharding_type} {p.compute_kernel} ranks {p.ranks}")
+    return "\n".join(lines)

@@ -26,7 +26,12 @@ from marn_rec.checkpoint import (
 )
 from marn_rec.config import PRESETS, MARNConfig, ablation
 from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig, make_loader
-from marn_rec.distributed import apply_embedding_optimizer, shard_model, training_optimizer
+from marn_rec.distributed import (
+    apply_embedding_optimizer,
+    plan_summary,
+    shard_model,
+    training_optimizer,
+)
 from marn_rec.loss import adversarial_lambda
 from marn_rec.model import MARN, MARNTrain
 from marn_rec.report import plot_training
@@ -194,6 +199,11 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
     optimizer = training_optimizer(dmp, lr=cfg.learning_rate)
+    if rank == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "sharding_plan.txt"), "w") as f:
+            f.write(str(dmp.plan) + "\n")
+        print(f"sharding plan ({world} ranks, {device.type}):\n{plan_summary(dmp.plan)}", flush=True)
 
     source = SyntheticTaobao(data_cfg)
     train_loader = make_loader(data_cfg, model_cfg, "train", rank, world, cfg.num_workers, cfg.dedup, source=source)
@@ -214,7 +224,6 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:
-        os.makedirs(cfg.out_dir, exist_ok=True)
         if step == 0 and os.path.exists(metrics_path):
             os.remove(metrics_path)
 

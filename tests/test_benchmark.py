@@ -10,7 +10,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from marn_rec import benchmark as bm
-from marn_rec.distributed import apply_embedding_optimizer
+from marn_rec.distributed import apply_embedding_optimizer, column_shards
 from marn_rec.model import MARN, MARNTrain
 
 META = torch.device("meta")
@@ -182,10 +182,10 @@ def test_table_wise_plan_bytes_per_rank() -> None:
 
 
 def test_even_column_split_respects_fbgemm_multiple_of_4() -> None:
-    assert bm._even_column_wise(32, 2) == 2
-    assert bm._even_column_wise(8, 4) == 2  # 4 columns per shard at least
-    assert bm._even_column_wise(4, 2) == 1
-    assert bm._even_column_wise(24, 4) == 3
+    assert column_shards(32, 2) == 2
+    assert column_shards(8, 4) == 2  # 4 columns per shard at least
+    assert column_shards(4, 2) == 1
+    assert column_shards(24, 4) == 3
     model = MARNTrain(MARN(bm.model_config("tiny", 100), device=META))
     apply_embedding_optimizer(model, lr=0.1)
     shapes = bm.table_shapes(model)

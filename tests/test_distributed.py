@@ -440,3 +440,20 @@ def test_empty_history_users_get_finite_predictions(monkeypatch: pytest.MonkeyPa
         assert all(math.isfinite(x) for x in result["logits"] + result["logits_after_step"])
         assert result["logits"] == pytest.approx(result["reference_logits"], abs=1e-6)
         assert math.isfinite(result["loss"])
+
+
+def test_column_wise_constraints_let_the_planner_split_narrow_tables() -> None:
+    from marn_rec.distributed import sharding_constraints
+
+    model = MARN(tiny())
+    cons = sharding_constraints(model, ["column_wise"], world_size=2)
+    assert cons["t_item_id"].min_partition == 4  # 8 columns -> two shards of 4
+    assert cons["t_shop_id"].min_partition is None  # 4 columns cannot split
+    assert sharding_constraints(model, ["table_wise"], 2)["t_item_id"].min_partition is None
+
+
+def test_shard_model_requires_the_fused_optimizer() -> None:
+    from marn_rec.distributed import shard_model
+
+    with pytest.raises(ValueError, match="apply_embedding_optimizer"):
+        shard_model(MARNTrain(MARN(tiny(), device=torch.device("meta"))), torch.device("cpu"))
