@@ -129,3 +129,25 @@ def test_candidate_attention_is_a_softmax_over_valid_steps() -> None:
     assert torch.isfinite(states.grad).all()
     assert torch.equal(states.grad[1, 2:], torch.zeros(3, 3, dtype=torch.float64))
     assert all(torch.isfinite(p.grad).all() for p in att.parameters())
+
+
+def test_all_empty_batch_keeps_every_parameter_in_the_graph() -> None:
+    m = APGRU(3, 2, property_dim=2)
+    states, last = m(torch.randn(4, 1, 3), torch.zeros(4, dtype=torch.long), torch.randn(4, 1, 2))
+    assert torch.equal(states, torch.zeros(4, 1, 2)) and torch.equal(last, torch.zeros(4, 2))
+    (states.sum() + last.sum()).backward()
+    assert all(p.grad is not None and torch.equal(p.grad, torch.zeros_like(p)) for p in m.parameters())
+
+
+def test_unsorted_lengths_equal_per_sample_runs() -> None:
+    m = APGRU(3, 4, property_dim=2)
+    x, p = torch.randn(5, 6, 3), torch.randn(5, 6, 2)
+    lengths = torch.tensor([2, 6, 0, 3, 6])
+    states, last = m(x, lengths, p)
+    for i, n in enumerate(lengths.tolist()):
+        if n == 0:
+            continue
+        s_i, l_i = m(x[i : i + 1, :n], torch.tensor([n]), p[i : i + 1, :n])
+        torch.testing.assert_close(states[i, :n], s_i[0])
+        torch.testing.assert_close(last[i], l_i[0])
+        assert torch.equal(states[i, n:], torch.zeros(6 - n, 4))

@@ -10,7 +10,9 @@ Gate convention, stated once: that of ``torch.nn.GRU``,
 
 Why a Python loop and not ``nn.GRU``: cuDNN/ATen's fused GRU cannot add ``P_u p_t`` to one gate.
 Input projections of all steps are one matmul before the loop; the loop walks ``unbind`` views
-(indexing ``gi[t]`` would make autograd materialise a full-size gradient per step).
+(indexing ``gi[t]`` would make autograd materialise a full-size gradient per step), and, as
+``nn.GRU`` does with a ``PackedSequence``, runs each step only for the samples still in their
+sequence.
 """
 
 import math
@@ -83,26 +85,54 @@ class APGRU(nn.Module):
         b, t, _ = inputs.shape
         if (properties is None) != (self.weight_ph is None):
             raise ValueError("properties must be given exactly when APGRU has a property term")
-        h = inputs.new_zeros(b, self.hidden_dim)
         if t == 0:
-            return inputs.new_zeros(b, 0, self.hidden_dim), h
+            return inputs.new_zeros(b, 0, self.hidden_dim), inputs.new_zeros(b, self.hidden_dim)
+        # Like a PackedSequence: samples sorted by length, so that step t updates only the first
+        # n_t rows (the samples still running) and padding costs no compute.
+        sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
+        permuted = not bool((order == torch.arange(b, device=order.device)).all())
+        if permuted:
+            inputs = inputs.index_select(0, order)
+            properties = properties.index_select(0, order) if properties is not None else None
+        steps = torch.arange(t, device=lengths.device)
+        batch_sizes = (sorted_lengths.unsqueeze(0) > steps.unsqueeze(1)).sum(1).tolist()
         gi_r, gi_u, gi_n = F.linear(inputs, self.weight_ih, self.bias_ih).chunk(3, dim=2)
         if properties is not None:
             gi_u = gi_u + F.linear(properties, self.weight_ph)
-        valid = torch.arange(t, device=inputs.device).unsqueeze(1) < lengths.unsqueeze(0)
-        steps = zip(
+        h = inputs.new_zeros(b, self.hidden_dim)
+        states = []
+        for x_r, x_u, x_n, n in zip(
             gi_r.transpose(0, 1).unbind(0),
             gi_u.transpose(0, 1).unbind(0),
             gi_n.transpose(0, 1).unbind(0),
-            valid.unsqueeze(2).unbind(0),
-        )
-        states = []
-        for x_r, x_u, x_n, mask in steps:
-            h_r, h_u, h_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
+            batch_sizes,
+        ):
+            if n == 0:
+                break
+            h_run = h if n == b else h[:n]
+            if n < b:
+                x_r, x_u, x_n = x_r[:n], x_u[:n], x_n[:n]
+            h_r, h_u, h_n = F.linear(h_run, self.weight_hh, self.bias_hh).chunk(3, dim=1)
             r = torch.sigmoid(x_r + h_r)
             u = torch.sigmoid(x_u + h_u)
-            n = torch.tanh(x_n + r * h_n)
-            h_new = n + u * (h - n)  # (1 - u) * n + u * h
-            states.append(h_new * mask)
-            h = torch.where(mask, h_new, h)  # past a sample's length its state stays put
-        return torch.stack(states, dim=1), h
+            n_new = torch.tanh(x_n + r * h_n)
+            h_new = n_new + u * (h_run - n_new)  # (1 - u) * n + u * h
+            if n == b:
+                states.append(h_new)
+                h = h_new
+            else:  # finished samples keep their last state and output zeros
+                states.append(F.pad(h_new, (0, 0, 0, b - n)))
+                h = torch.cat([h_new, h[n:]])
+        if not states:
+            # No sample has a behaviour. Every parameter still enters the graph (with zero
+            # gradient): DDP's static graph, DMP's default, expects the same parameters each step.
+            anchor = gi_r.sum() + gi_u.sum() + gi_n.sum() + F.linear(h, self.weight_hh, self.bias_hh).sum()
+            return inputs.new_zeros(b, t, self.hidden_dim) + 0 * anchor, h + 0 * anchor
+        out = torch.stack(states, dim=1)
+        if out.shape[1] < t:
+            out = F.pad(out, (0, 0, 0, t - out.shape[1]))
+        if permuted:
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(b, device=order.device)
+            out, h = out.index_select(0, inverse), h.index_select(0, inverse)
+        return out, h
