@@ -10,7 +10,7 @@ import argparse
 import shlex
 import sys
 
-from marn_rec.ablation_study import run_study, write_report
+from marn_rec.ablation_study import read_results, run_study, write_report
 from marn_rec.config import ABLATIONS, PRESETS
 from marn_rec.train import TrainConfig
 
@@ -25,11 +25,17 @@ def main() -> None:
     p.add_argument("--eval-batches", type=int, default=32)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
     p.add_argument("--out-dir", default="runs/ablation")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite table.md / table.png from OUT_DIR/results.jsonl without training")
     a = p.parse_args()
-    base = TrainConfig(preset=a.preset, steps=a.steps, batch_size=a.batch_size,
-                       eval_every=a.steps, eval_batches=a.eval_batches, out_dir=a.out_dir)
-    results = run_study(base, a.seeds, a.models, a.jobs)
-    table, png = write_report(results, a.out_dir, "python " + " ".join(map(shlex.quote, sys.argv)))
+    command = "python " + " ".join(map(shlex.quote, sys.argv))
+    if a.report_only:
+        results, command = read_results(a.out_dir)
+    else:
+        base = TrainConfig(preset=a.preset, steps=a.steps, batch_size=a.batch_size,
+                           eval_every=a.steps, eval_batches=a.eval_batches, out_dir=a.out_dir)
+        results = run_study(base, a.seeds, a.models, a.jobs)
+    table, png = write_report(results, a.out_dir, command)
     print(table)
     print(f"\nwritten: {a.out_dir}/table.md, {png}")
 

@@ -95,6 +95,41 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _mean_of_dicts(dicts: List[Dict[str, float]]) -> Dict[str, float]:
+    keys = sorted({k for d in dicts for k in d}, key=float)
+    return {k: statistics.fmean(d[k] for d in dicts if k in d) for k in keys}
+
+
+def level_and_recall_tables(results: List[Dict[str, Any]]) -> str:
+    """Paper Table 4 (AUC by popularity level, 0 = least popular) and Table 5 (recall@N of cold
+    items), each the mean over seeds, with the Bayes-optimal row."""
+    models = list(dict.fromkeys(r["model"] for r in results))
+    by_model = {m: [r for r in results if r["model"] == m] for m in models}
+    lines = []
+    levels = _mean_of_dicts([r["auc_by_popularity_level"] for r in results])
+    head = ["model"] + [f"L{k}" for k in levels]
+    lines += ["AUC by candidate popularity level (Table 4):", "",
+              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for m in models:
+        means = _mean_of_dicts([r["auc_by_popularity_level"] for r in by_model[m]])
+        lines.append("| " + " | ".join([m] + [f"{means[k]:.3f}" for k in levels]) + " |")
+    bayes = _mean_of_dicts([r["bayes_auc_by_popularity_level"] for r in by_model[models[0]]])
+    lines.append("| " + " | ".join(["Bayes-optimal"] + [f"{bayes[k]:.3f}" for k in levels]) + " |")
+    with_recall = [r for r in results if "cold_recall" in r]
+    if with_recall:
+        ns = list(_mean_of_dicts([r["cold_recall"] for r in with_recall]))
+        head = ["model"] + [f"recall@{n}" for n in ns]
+        lines += ["", "Recall@N of clicked cold items among each user's cold candidates (Table 5):",
+                  "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for m in models:
+            rs = [r["cold_recall"] for r in by_model[m] if "cold_recall" in r]
+            means = _mean_of_dicts(rs)
+            lines.append("| " + " | ".join([m] + [f"{means[n]:.3f}" for n in ns]) + " |")
+        bayes = _mean_of_dicts([r["bayes_cold_recall"] for r in by_model[models[0]] if "bayes_cold_recall" in r])
+        lines.append("| " + " | ".join(["Bayes-optimal"] + [f"{bayes[n]:.3f}" for n in ns]) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: List[Dict[str, Any]], path: str) -> None:
     """Bars of mean AUC and per-user AUC with one standard deviation, Bayes ceilings as lines."""
     import matplotlib
@@ -128,9 +163,21 @@ def write_report(results: List[Dict[str, Any]], out_dir: str, command: str) -> T
         for r in results:
             f.write(json.dumps(r) + "\n")
     rows = summarize(results)
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n\n" + level_and_recall_tables(results)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(f"`{command}`\n\n{table}\n")
     png = os.path.join(out_dir, "table.png")
     plot(rows, png)
     return table, png
+
+
+def read_results(out_dir: str) -> Tuple[List[Dict[str, Any]], str]:
+    """The runs of an earlier study and the command that produced them (from table.md)."""
+    with open(os.path.join(out_dir, "results.jsonl")) as f:
+        results = [json.loads(line) for line in f if line.strip()]
+    command = ""
+    table = os.path.join(out_dir, "table.md")
+    if os.path.exists(table):
+        with open(table) as f:
+            command = f.readline().strip().strip("`")
+    return results, command

@@ -12,7 +12,11 @@ def _results():
         for seed, delta in ((1, 0.0), (2, 0.02)):
             out.append({"model": model, "seed": seed, "auc": base + delta, "user_auc": base,
                         "cold_auc": base - 0.05, "bayes_auc": 0.8, "bayes_user_auc": 0.79,
-                        "bayes_cold_auc": 0.78})
+                        "bayes_cold_auc": 0.78,
+                        "auc_by_popularity_level": {"0": base - 0.1, "1": base + 0.1},
+                        "bayes_auc_by_popularity_level": {"0": 0.7, "1": 0.9},
+                        "cold_recall": {"1": 0.2 + delta, "3": 0.5},
+                        "bayes_cold_recall": {"1": 0.4, "3": 0.7}})
     return out
 
 
@@ -32,3 +36,6 @@ def test_report_files(tmp_path: Path) -> None:
     assert (tmp_path / "table.md").read_text().startswith("`python examples/ablation_study.py`")
     assert Path(png).stat().st_size > 10_000
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 4
+    assert "| MARN | 0.550 | 0.750 |" in table  # Table 4, mean over seeds
+    assert "| Bayes-optimal | 0.700 | 0.900 |" in table
+    assert "| MARN | 0.210 | 0.500 |" in table  # Table 5: recall@1 mean of 0.2 and 0.22
