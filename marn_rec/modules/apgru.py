@@ -91,29 +91,28 @@ class APGRU(nn.Module):
         # n_t rows (the samples still running) and padding costs no compute.
         sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
         permuted = not bool((order == torch.arange(b, device=order.device)).all())
-        if permuted:
-            inputs = inputs.index_select(0, order)
-            properties = properties.index_select(0, order) if properties is not None else None
         steps = torch.arange(t, device=lengths.device)
         batch_sizes = (sorted_lengths.unsqueeze(0) > steps.unsqueeze(1)).sum(1).tolist()
-        gi_r, gi_u, gi_n = F.linear(inputs, self.weight_ih, self.bias_ih).chunk(3, dim=2)
-        if properties is not None:
-            gi_u = gi_u + F.linear(properties, self.weight_ph)
+        # Time-major projections of all steps at once ([T, B, 3H] and [T, B, H]), so that each
+        # step's slice is contiguous; P_u p_t joins the update gate inside the step.
+        x = inputs.transpose(0, 1)
+        p = properties.transpose(0, 1) if properties is not None else None
+        if permuted:
+            x = x.index_select(1, order)
+            p = p.index_select(1, order) if p is not None else None
+        gi = F.linear(x, self.weight_ih, self.bias_ih)
+        gp = F.linear(p, self.weight_ph).unbind(0) if p is not None else [None] * t
         h = inputs.new_zeros(b, self.hidden_dim)
         states = []
-        for x_r, x_u, x_n, n in zip(
-            gi_r.transpose(0, 1).unbind(0),
-            gi_u.transpose(0, 1).unbind(0),
-            gi_n.transpose(0, 1).unbind(0),
-            batch_sizes,
-        ):
+        for gi_t, gp_t, n in zip(gi.unbind(0), gp, batch_sizes):
             if n == 0:
                 break
             h_run = h if n == b else h[:n]
-            if n < b:
-                x_r, x_u, x_n = x_r[:n], x_u[:n], x_n[:n]
+            x_r, x_u, x_n = (gi_t if n == b else gi_t[:n]).chunk(3, dim=1)
             h_r, h_u, h_n = F.linear(h_run, self.weight_hh, self.bias_hh).chunk(3, dim=1)
             r = torch.sigmoid(x_r + h_r)
+            if gp_t is not None:
+                h_u = h_u + (gp_t if n == b else gp_t[:n])
             u = torch.sigmoid(x_u + h_u)
             n_new = torch.tanh(x_n + r * h_n)
             h_new = n_new + u * (h_run - n_new)  # (1 - u) * n + u * h
@@ -126,7 +125,9 @@ class APGRU(nn.Module):
         if not states:
             # No sample has a behaviour. Every parameter still enters the graph (with zero
             # gradient): DDP's static graph, DMP's default, expects the same parameters each step.
-            anchor = gi_r.sum() + gi_u.sum() + gi_n.sum() + F.linear(h, self.weight_hh, self.bias_hh).sum()
+            anchor = gi.sum() + F.linear(h, self.weight_hh, self.bias_hh).sum()
+            if p is not None:
+                anchor = anchor + torch.stack(list(gp)).sum()
             return inputs.new_zeros(b, t, self.hidden_dim) + 0 * anchor, h + 0 * anchor
         out = torch.stack(states, dim=1)
         if out.shape[1] < t:
