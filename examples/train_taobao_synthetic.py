@@ -45,7 +45,11 @@ def main() -> None:
         )
     )
     if dist.get_rank() == 0:
-        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+        if result:
+            print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+        else:
+            print(f"stopped after step {a.stop_after} with a checkpoint in {a.out_dir}/checkpoints; "
+                  "the same command without --stop-after resumes")
     dist.destroy_process_group()
 
 

@@ -268,6 +268,13 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == last_step:
             save_checkpoint(ckpt_root, step, dmp, optimizer, train_loader, meta)
     bar.close()
+    if not last_eval and step >= cfg.steps:
+        # Resumed from the final checkpoint of a finished run: report its model again.
+        if rank == 0:
+            print(f"run already complete at step {step}; evaluating the restored model "
+                  f"(new run: another --out-dir or --resume never)", flush=True)
+        dmp.eval()
+        last_eval = evaluation_metrics(predict(dmp, iter(eval_loader), device), cfg.recall_at)
     if rank == 0 and last_eval:
         plot_training(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
     return last_eval

@@ -32,12 +32,15 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None
     full = train(_cfg(tmp_path / "full"))
     train(_cfg(tmp_path / "resumed", stop_after=4))
     assert latest_checkpoint(str(tmp_path / "resumed" / "checkpoints")).endswith("step_000000004")
+    assert train(_cfg(tmp_path / "resumed", stop_after=4)) == {}  # already at step 4: no-op
     resumed = train(_cfg(tmp_path / "resumed"))
     # Bit-identical: data is a function of the batch index, every state is restored, CPU is
     # deterministic here; any skipped or repeated batch would change the weights and so the AUCs.
     assert resumed == full
     assert _evals(tmp_path / "resumed")[-1] == _evals(tmp_path / "full")[-1]
     assert {"auc", "bayes_auc", "user_auc", "auc_by_popularity_level"} <= set(full)
+    # Running a finished run again restores its final model and reports the same metrics.
+    assert train(_cfg(tmp_path / "resumed")) == full
     assert (tmp_path / "full" / "metrics.png").stat().st_size > 10_000
 
 
