@@ -6,7 +6,6 @@ pooled per behaviour. Candidate and history items share the same tables because 
 the batch's unique items (see :mod:`marn_rec.batch`).
 """
 
-import math
 from typing import List
 
 import torch
@@ -123,7 +122,3 @@ def quantile_boundaries(values: torch.Tensor, buckets: int) -> torch.Tensor:
     q = torch.linspace(0, 1, buckets + 1, dtype=torch.float64)[1:-1]
     return torch.quantile(values.double(), q).to(values.dtype)
 
-
-def log_time_bucket_count(max_seconds: float) -> int:
-    """Buckets :func:`bucketize_time_gap` needs to tell gaps up to ``max_seconds`` apart."""
-    return int(math.floor(math.log2(max(max_seconds, 1.0)))) + 1

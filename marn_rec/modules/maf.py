@@ -38,10 +38,10 @@ class MultimodalAttentionFusion(nn.Module):
         Returns:
             torch.Tensor: [U, d], the fused modality-specific representation ``s``.
         """
-        return (torch.tanh(self.attention(specific)) * specific).sum(dim=1)
+        return (self.weights(specific) * specific).sum(dim=1)
 
     def weights(self, specific: torch.Tensor) -> torch.Tensor:
-        """[U, M, d] attention weights ``atten_m`` (for analysis, paper Figure 4)."""
+        """[U, M, d] attention weights ``atten_m`` (eq. 3; paper Figure 4 plots them)."""
         return torch.tanh(self.attention(specific))
 
 
