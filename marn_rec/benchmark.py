@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -468,12 +467,6 @@ QUICK = dict(
 )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _sparse_baseline(model: nn.Module, lr: float):
     """Sets ``.sparse = True`` on the embedding modules inside the unsharded TorchRec collections;
     AdaGrad (sparse) for them and AdaGrad for the rest. Returns (optimizers, table parameters)."""
@@ -707,6 +700,8 @@ def _launch(specs: List[RunSpec], cfg: QPSConfig, work_dir: str) -> List[Dict[st
     """
     import torch.multiprocessing as mp
 
+    from marn_rec.train import free_port
+
     out_dir = tempfile.mkdtemp(dir=work_dir)
     specs_path = os.path.join(out_dir, "specs.json")
     with open(specs_path, "w") as f:
@@ -724,7 +719,7 @@ def _launch(specs: List[RunSpec], cfg: QPSConfig, work_dir: str) -> List[Dict[st
         return _read_results(out_dir, len(specs), world)
     context = mp.start_processes(
         _worker,
-        args=(world, _free_port(), specs_path, out_dir),
+        args=(world, free_port(), specs_path, out_dir),
         nprocs=world,
         join=False,
         start_method="spawn",

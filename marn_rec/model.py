@@ -57,7 +57,8 @@ class MARN(nn.Module):
         super().__init__()
         self.config = config
         self.validate = validate
-        self.tower = MARNTower(config.tower, device=device, validate=validate)
+        # MARN checks the tower's inputs itself (with its own), so the tower does not check twice.
+        self.tower = MARNTower(config.tower, device=device, validate=False)
         rep_dim = self.tower.output_dim
         use_apgru = config.sequence == "apgru"
         self.property_embedding: PropertyEmbedding | None = (

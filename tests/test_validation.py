@@ -162,3 +162,12 @@ def test_validation_can_be_switched_off() -> None:
     b = _batch()
     bad = replace(b, item_image=b.item_image.clone().fill_(float("nan")))
     assert torch.isnan(model(**bad.model_inputs()).logits).all()
+
+
+def test_standalone_tower_validates_its_inputs() -> None:
+    from marn_rec.tower import MARNTower
+
+    b = _batch()
+    bad = _edit_kjt(b.item_sparse, "brand_id", _set_first(CFG.tower.num_brands))
+    with pytest.raises(ValueError, match="feature 'brand_id' has id 5 out of range"):
+        MARNTower(CFG.tower)(bad, b.item_title, b.item_image)
