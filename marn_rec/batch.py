@@ -10,8 +10,8 @@ History slots are jagged: ``history_index`` holds the N = sum(history_lengths) s
 back to back, as a ``JaggedTensor``'s values would.
 """
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Callable, Dict, Optional
 
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -85,51 +85,25 @@ class MARNBatch(Pipelineable):
             history_property=self.history_property,
         )
 
+    def _map(self, fn: Callable[[object], object]) -> "MARNBatch":
+        """A batch with ``fn`` applied to every tensor and KJT field (and every ``meta`` value)."""
+        changes = {
+            f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "meta"
+        }
+        return MARNBatch(**changes, meta={k: fn(v) for k, v in self.meta.items()})
+
     def to(self, device: torch.device, non_blocking: bool = False) -> "MARNBatch":
-        return MARNBatch(
-            item_sparse=self.item_sparse.to(device, non_blocking=non_blocking),
-            item_title=self.item_title.to(device, non_blocking=non_blocking),
-            item_image=self.item_image.to(device, non_blocking=non_blocking),
-            candidate_index=self.candidate_index.to(device, non_blocking=non_blocking),
-            history_index=self.history_index.to(device, non_blocking=non_blocking),
-            history_lengths=self.history_lengths.to(device, non_blocking=non_blocking),
-            history_property=self.history_property.to(device, non_blocking=non_blocking),
-            labels=self.labels.to(device, non_blocking=non_blocking),
-            user_ids=self.user_ids.to(device, non_blocking=non_blocking),
-            meta={k: v.to(device, non_blocking=non_blocking) for k, v in self.meta.items()},
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def record_stream(self, stream: torch.Stream) -> None:
-        self.item_sparse.record_stream(stream)
-        self.item_title.record_stream(stream)
-        self.history_property.record_stream(stream)
-        for t in self._dense():
+        for f in fields(self):
+            if f.name != "meta":
+                getattr(self, f.name).record_stream(stream)
+        for t in self.meta.values():
             t.record_stream(stream)
 
     def pin_memory(self) -> "MARNBatch":
-        return MARNBatch(
-            item_sparse=self.item_sparse.pin_memory(),
-            item_title=self.item_title.pin_memory(),
-            item_image=self.item_image.pin_memory(),
-            candidate_index=self.candidate_index.pin_memory(),
-            history_index=self.history_index.pin_memory(),
-            history_lengths=self.history_lengths.pin_memory(),
-            history_property=self.history_property.pin_memory(),
-            labels=self.labels.pin_memory(),
-            user_ids=self.user_ids.pin_memory(),
-            meta={k: v.pin_memory() for k, v in self.meta.items()},
-        )
-
-    def _dense(self) -> List[torch.Tensor]:
-        return [
-            self.item_image,
-            self.candidate_index,
-            self.history_index,
-            self.history_lengths,
-            self.labels,
-            self.user_ids,
-            *self.meta.values(),
-        ]
+        return self._map(lambda t: t.pin_memory())
 
 
 def single_value_kjt(features: Dict[str, torch.Tensor]) -> KeyedJaggedTensor:

@@ -80,3 +80,13 @@ def test_empty_histories_get_predictions() -> None:
     torch.testing.assert_close(
         model(**alone.model_inputs()).logits, model(**batch.model_inputs()).logits[1:2]
     )
+
+
+def test_batch_to_keeps_every_field() -> None:
+    cfg = tiny()
+    b = random_batch(cfg, 4)
+    b.meta["click_prob"] = torch.rand(4)
+    c = b.to(torch.device("cpu"))
+    assert torch.equal(c.item_image, b.item_image) and torch.equal(c.labels, b.labels)
+    assert torch.equal(c.item_sparse.values(), b.item_sparse.values())
+    assert torch.equal(c.meta["click_prob"], b.meta["click_prob"])
