@@ -10,9 +10,9 @@ import argparse
 import shlex
 import sys
 
-from marn_rec.ablation_study import read_results, run_study, write_report
+from marn_rec.training.ablation import read_results, run_study, write_report
 from marn_rec.config import ABLATIONS, PRESETS
-from marn_rec.train import TrainConfig
+from marn_rec.training.loop import TrainConfig
 
 
 def main() -> None:

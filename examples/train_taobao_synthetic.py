@@ -12,7 +12,7 @@ import json
 import torch.distributed as dist
 
 from marn_rec.config import ABLATIONS, PRESETS
-from marn_rec.train import TrainConfig, train
+from marn_rec.training.loop import TrainConfig, train
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ from marn_rec.config import (
     small,
     tiny,
 )
-from marn_rec.loss import adversarial_lambda, marn_loss
-from marn_rec.model import MARN, MARNOutput, MARNTrain
-from marn_rec.tower import MARNTower, TowerOutput
+from marn_rec.models.loss import adversarial_lambda, marn_loss
+from marn_rec.models.marn import MARN, MARNOutput, MARNTrain
+from marn_rec.models.tower import MARNTower, TowerOutput
 
 __all__ = [
     "ABLATIONS",

@@ -74,7 +74,7 @@ class MARNBatch(Pipelineable):
         return self.item_image.shape[0]
 
     def model_inputs(self) -> Dict[str, object]:
-        """Keyword arguments of :meth:`marn_rec.model.MARN.forward`."""
+        """Keyword arguments of :meth:`marn_rec.models.marn.MARN.forward`."""
         return dict(
             item_sparse=self.item_sparse,
             item_title=self.item_title,

@@ -10,8 +10,8 @@ and APGRU against ``torch.nn.GRU``.
   parameters, lr 0.1.
 * **sharded**: the same model under DistributedModelParallel over ``world_size`` processes (gloo
   on CPU, NCCL on GPU), FBGEMM's fused table-batched kernels with the fused row-wise AdaGrad
-  (:func:`marn_rec.distributed.apply_embedding_optimizer`, :func:`~marn_rec.distributed.shard_model`,
-  :func:`~marn_rec.distributed.training_optimizer`), one run per sharding type. Table-wise and
+  (:func:`marn_rec.training.sharding.apply_embedding_optimizer`, :func:`~marn_rec.training.sharding.shard_model`,
+  :func:`~marn_rec.training.sharding.training_optimizer`), one run per sharding type. Table-wise and
   row-wise plans come from TorchRec's planner restricted to that type; the column-wise plan splits
   every table into ``world_size`` equal column blocks (TorchRec's ``column_wise`` generator), because
   the planner keeps 32-d tables whole (its column shards are at least 128 wide by default).
@@ -160,7 +160,7 @@ def table_shapes(model: nn.Module) -> Dict[str, Tuple[int, int, int]]:
     """Table name -> (rows, columns, bytes per element) of every TorchRec table of ``model``."""
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-    from marn_rec.distributed import embedding_tables
+    from marn_rec.training.sharding import embedding_tables
 
     shapes: Dict[str, Tuple[int, int, int]] = {}
     for _, module in embedding_tables(model):
@@ -190,7 +190,7 @@ def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type
     )
     from torchrec.distributed.types import ShardingPlan
 
-    from marn_rec.distributed import column_shards, embedding_tables, sharding_constraints
+    from marn_rec.training.sharding import column_shards, embedding_tables, sharding_constraints
 
     if sharding_type == COLUMN_WISE:
         plans = {}
@@ -470,7 +470,7 @@ QUICK = dict(
 def _sparse_baseline(model: nn.Module, lr: float):
     """Sets ``.sparse = True`` on the embedding modules inside the unsharded TorchRec collections;
     AdaGrad (sparse) for them and AdaGrad for the rest. Returns (optimizers, table parameters)."""
-    from marn_rec.distributed import ADAGRAD_EPS, ADAGRAD_INITIAL_ACCUMULATOR, embedding_tables
+    from marn_rec.training.sharding import ADAGRAD_EPS, ADAGRAD_INITIAL_ACCUMULATOR, embedding_tables
 
     tables: List[nn.Parameter] = []
     for _, collection in embedding_tables(model):
@@ -519,9 +519,9 @@ def _measure(
     import torch.distributed as dist
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from marn_rec.distributed import apply_embedding_optimizer, shard_model, training_optimizer
-    from marn_rec.loss import adversarial_lambda
-    from marn_rec.model import MARN, MARNTrain
+    from marn_rec.training.sharding import apply_embedding_optimizer, shard_model, training_optimizer
+    from marn_rec.models.loss import adversarial_lambda
+    from marn_rec.models.marn import MARN, MARNTrain
 
     gc.collect()
     if device.type == "cuda":
@@ -700,7 +700,7 @@ def _launch(specs: List[RunSpec], cfg: QPSConfig, work_dir: str) -> List[Dict[st
     """
     import torch.multiprocessing as mp
 
-    from marn_rec.train import free_port
+    from marn_rec.training.loop import free_port
 
     out_dir = tempfile.mkdtemp(dir=work_dir)
     specs_path = os.path.join(out_dir, "specs.json")
@@ -844,8 +844,8 @@ def _memory_budget(device: str, world_size: int, fraction: float) -> Tuple[int, 
 
 def run_qps(cfg: QPSConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """The whole side-by-side sweep; returns the results (also written by :func:`qps_main`)."""
-    from marn_rec.distributed import apply_embedding_optimizer
-    from marn_rec.model import MARN, MARNTrain
+    from marn_rec.training.sharding import apply_embedding_optimizer
+    from marn_rec.models.marn import MARN, MARNTrain
 
     device = cfg.resolved_device()
     sharding_types = cfg.resolved_sharding_types()

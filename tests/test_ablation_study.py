@@ -3,7 +3,7 @@
 import statistics
 from pathlib import Path
 
-from marn_rec.ablation_study import markdown_table, summarize, write_report
+from marn_rec.training.ablation import markdown_table, summarize, write_report
 
 
 def _results():

@@ -7,11 +7,11 @@ import torch
 
 import marn_rec.modules.ddma as ddma_module
 from marn_rec.config import tiny
-from marn_rec.loss import adversarial_lambda, marn_loss
+from marn_rec.models.loss import adversarial_lambda, marn_loss
 from marn_rec.modules.ddma import DoubleDiscriminatorAdversarial, ModalityAdversarial
 from marn_rec.modules.grl import GradientReversal, grad_reverse
 from marn_rec.testing import random_batch
-from marn_rec.tower import MARNTower
+from marn_rec.models.tower import MARNTower
 
 
 def _reversed(f, scale):

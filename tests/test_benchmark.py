@@ -10,8 +10,8 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from marn_rec import benchmark as bm
-from marn_rec.distributed import apply_embedding_optimizer, column_shards
-from marn_rec.model import MARN, MARNTrain
+from marn_rec.training.sharding import apply_embedding_optimizer, column_shards
+from marn_rec.models.marn import MARN, MARNTrain
 
 META = torch.device("meta")
 

@@ -7,8 +7,8 @@ import torch
 
 from marn_rec.batch import build_batch
 from marn_rec.config import ABLATIONS, ablation, tiny
-from marn_rec.loss import marn_loss
-from marn_rec.model import MARN, MARNTrain
+from marn_rec.models.loss import marn_loss
+from marn_rec.models.marn import MARN, MARNTrain
 from marn_rec.testing import RandomCatalog, random_batch
 
 

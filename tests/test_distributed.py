@@ -27,7 +27,7 @@ from torchrec.optim import RowWiseAdagrad
 
 from marn_rec import MARN, MARNBatch, MARNTrain, ablation, build_batch, tiny
 from marn_rec.config import MARNConfig
-from marn_rec.distributed import (
+from marn_rec.training.sharding import (
     apply_embedding_optimizer,
     embedding_tables,
     load_unsharded_state_dict,
@@ -443,7 +443,7 @@ def test_empty_history_users_get_finite_predictions(monkeypatch: pytest.MonkeyPa
 
 
 def test_column_wise_constraints_let_the_planner_split_narrow_tables() -> None:
-    from marn_rec.distributed import sharding_constraints
+    from marn_rec.training.sharding import sharding_constraints
 
     model = MARN(tiny())
     cons = sharding_constraints(model, ["column_wise"], world_size=2)
@@ -453,7 +453,7 @@ def test_column_wise_constraints_let_the_planner_split_narrow_tables() -> None:
 
 
 def test_shard_model_requires_the_fused_optimizer() -> None:
-    from marn_rec.distributed import shard_model
+    from marn_rec.training.sharding import shard_model
 
     with pytest.raises(ValueError, match="apply_embedding_optimizer"):
         shard_model(MARNTrain(MARN(tiny(), device=torch.device("meta"))), torch.device("cpu"))

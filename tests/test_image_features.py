@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from marn_rec.image_features import extract_image_features, vgg16_fc7
+from marn_rec.data.image_features import extract_image_features, vgg16_fc7
 
 
 class _TinyBackbone(nn.Module):

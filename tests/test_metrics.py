@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from marn_rec.metrics import auc, auc_by_level, popularity_levels, recall_at_n, user_auc
+from marn_rec.training.metrics import auc, auc_by_level, popularity_levels, recall_at_n, user_auc
 
 
 def _brute_auc(p, y) -> float:

@@ -3,7 +3,7 @@
 The model is a DLRM-style user/item model written the way a TorchRec user would: a user side with
 its own ``EmbeddingBagCollection`` and ``torchrec.modules.mlp.MLP``, the item side a
 :class:`marn_rec.MARNTower`, and DLRM's ``OverArch`` on ``[user, item, user * item]``. Its loss is
-BCE plus the tower's auxiliary losses (:func:`marn_rec.loss.marn_loss`).
+BCE plus the tower's auxiliary losses (:func:`marn_rec.models.loss.marn_loss`).
 """
 
 import math
@@ -30,7 +30,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from marn_rec import ItemTowerConfig, MARNTower, marn_loss, tiny
 from marn_rec.batch import single_value_kjt
-from marn_rec.distributed import (
+from marn_rec.training.sharding import (
     apply_embedding_optimizer,
     load_unsharded_state_dict,
     table_names,

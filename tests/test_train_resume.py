@@ -11,8 +11,8 @@ from typing import Dict, List
 
 import pytest
 
-from marn_rec.checkpoint import CheckpointError, latest_checkpoint
-from marn_rec.train import TrainConfig, train
+from marn_rec.training.checkpoint import CheckpointError, latest_checkpoint
+from marn_rec.training.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from marn_rec.batch import MARNBatch
 from marn_rec.config import tiny
-from marn_rec.distributed import apply_embedding_optimizer, training_optimizer
-from marn_rec.model import MARN, MARNTrain
+from marn_rec.training.sharding import apply_embedding_optimizer, training_optimizer
+from marn_rec.models.marn import MARN, MARNTrain
 from marn_rec.testing import random_batch
 
 CFG = tiny()
@@ -165,7 +165,7 @@ def test_validation_can_be_switched_off() -> None:
 
 
 def test_standalone_tower_validates_its_inputs() -> None:
-    from marn_rec.tower import MARNTower
+    from marn_rec.models.tower import MARNTower
 
     b = _batch()
     bad = _edit_kjt(b.item_sparse, "brand_id", _set_first(CFG.tower.num_brands))

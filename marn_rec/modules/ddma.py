@@ -11,7 +11,7 @@ DDMA, per item and modality m, with ``c_m = I(e_m)``:
   detached from the embedding layer; ``L_Ds = CE(Ds(s_m), m)`` makes the ``s_m`` separable.
 - ``c = max_m(w_m * c_m)``, element-wise.
 Losses are returned unweighted; eq. 10's ``lambda`` multiplies ``L_ADV`` and ``L_Ds`` in
-:mod:`marn_rec.loss`. Every cross-entropy is a mean over (item, modality) pairs, weighted by the
+:mod:`marn_rec.models.loss`. Every cross-entropy is a mean over (item, modality) pairs, weighted by the
 item's number of slots in the batch so that a deduplicated batch has the per-slot objective.
 """
 

@@ -1,6 +1,6 @@
 """Paper Table 3 on the synthetic stream: every configuration, the same budget, several seeds.
 
-Each (configuration, seed) run is :func:`marn_rec.train.train` in its own single-process group
+Each (configuration, seed) run is :func:`marn_rec.training.loop.train` in its own single-process group
 (world size 1); ``jobs`` runs go side by side, one per core, which on a small machine beats sharding
 each run over processes that then wait on each other's all-to-alls.
 """
@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from tqdm import tqdm
 
 from marn_rec.config import ABLATIONS
-from marn_rec.train import TrainConfig
+from marn_rec.training.loop import TrainConfig
 
 METRICS = ("auc", "user_auc", "cold_auc")
 
@@ -27,7 +27,7 @@ def _run_one(args: Tuple[TrainConfig, int]) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    from marn_rec.train import free_port, train
+    from marn_rec.training.loop import free_port, train
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))

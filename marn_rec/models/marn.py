@@ -14,11 +14,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from marn_rec.batch import MARNBatch
 from marn_rec.config import MARNConfig
 from marn_rec.features import BEHAVIOR_TIME, BEHAVIOR_TYPE
-from marn_rec.loss import marn_loss
+from marn_rec.models.loss import marn_loss
 from marn_rec.modules.apgru import APGRU
 from marn_rec.modules.candidate_attention import CandidateAttention
 from marn_rec.modules.property_embedding import PropertyEmbedding
-from marn_rec.tower import MARNTower
+from marn_rec.models.tower import MARNTower
 from marn_rec.validation import check_index, check_kjt, check_labels
 
 

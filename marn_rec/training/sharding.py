@@ -185,7 +185,7 @@ def shard_model(
         # Without it TorchRec picks the non-fused kernel, which crashed a column-wise gloo run.
         raise ValueError(
             f"embedding tables without an in-backward optimizer: {missing[:3]}; call "
-            "marn_rec.distributed.apply_embedding_optimizer(model) before shard_model"
+            "marn_rec.training.sharding.apply_embedding_optimizer(model) before shard_model"
         )
     pg = pg or dist.GroupMember.WORLD
     if plan is None:

@@ -15,9 +15,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from marn_rec import metrics
+from marn_rec.training import metrics
 from marn_rec.batch import MARNBatch
-from marn_rec.checkpoint import (
+from marn_rec.training.checkpoint import (
     CheckpointError,
     complete_checkpoints,
     latest_checkpoint,
@@ -26,15 +26,15 @@ from marn_rec.checkpoint import (
 )
 from marn_rec.config import PRESETS, MARNConfig, ablation
 from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig, make_loader
-from marn_rec.distributed import (
+from marn_rec.training.sharding import (
     apply_embedding_optimizer,
     plan_summary,
     shard_model,
     training_optimizer,
 )
-from marn_rec.loss import adversarial_lambda
-from marn_rec.model import MARN, MARNTrain
-from marn_rec.report import plot_training
+from marn_rec.models.loss import adversarial_lambda
+from marn_rec.models.marn import MARN, MARNTrain
+from marn_rec.training.plots import plot_training
 
 
 @dataclass

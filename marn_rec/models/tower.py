@@ -3,7 +3,7 @@
 Usable on its own inside any TorchRec model: its ID, statistic and title-word tables are plain
 ``EmbeddingBagCollection`` / ``EmbeddingCollection`` modules, so DistributedModelParallel shards them
 with the default sharders. It returns one representation per input item and its auxiliary
-(adversarial) losses, unweighted; add them to the model's loss with :func:`marn_rec.loss.marn_loss`.
+(adversarial) losses, unweighted; add them to the model's loss with :func:`marn_rec.models.loss.marn_loss`.
 
 When integrating: a sharded ``EmbeddingBagCollection`` orders its output features by the rank that
 holds each table, not as the unsharded one does; read a ``KeyedTensor`` by name (``to_dict()``),

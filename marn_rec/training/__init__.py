@@ -1,0 +1,1 @@
+"""Training: the loop, sharding and optimizers, checkpoints, evaluation, reports and plots."""
