@@ -1,6 +1,7 @@
-"""Synthetic Taobao-like data: a generator that knows the true click probability, and its loader."""
+"""Data for MARN: the synthetic Taobao-like stream (``synthetic/``: a generator that knows the true
+click probability, and its resumable loader) and the VGG16 image-feature extractor
+(``image_features``)."""
 
-from marn_rec.data.loader import SyntheticBatchDataset, make_loader
 from marn_rec.data.synthetic import (
     EVAL,
     MODALITY_GROUPS,
@@ -10,9 +11,11 @@ from marn_rec.data.synthetic import (
     ItemCatalog,
     ItemTruth,
     Slots,
+    SyntheticBatchDataset,
     SyntheticTaobao,
     SyntheticTaobaoConfig,
     UserInterests,
+    make_loader,
     shard_batch_indices,
 )
 

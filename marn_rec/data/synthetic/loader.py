@@ -15,7 +15,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from marn_rec.batch import MARNBatch
 from marn_rec.config import MARNConfig
-from marn_rec.data.synthetic import SyntheticTaobao, SyntheticTaobaoConfig, _check_split
+from marn_rec.data.synthetic.config import SyntheticTaobaoConfig, _check_split
+from marn_rec.data.synthetic.stream import SyntheticTaobao
 
 
 class SyntheticBatchDataset(Dataset):
