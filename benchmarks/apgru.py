@@ -2,8 +2,10 @@
 
     python benchmarks/apgru.py
     python benchmarks/apgru.py --quick
+    python benchmarks/apgru.py --update-records   # written over benchmarks/results/
 
-All logic lives in :mod:`marn_rec.benchmark`.
+Results go to runs/benchmarks/apgru/ unless --update-records. All logic lives in
+:mod:`marn_rec.benchmarks`.
 """
 
 import os
@@ -11,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from marn_rec.benchmark import apgru_main  # noqa: E402
+from marn_rec.benchmarks.cli import apgru_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(apgru_main())

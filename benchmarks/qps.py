@@ -1,10 +1,12 @@
 """MARN training samples/s: DMP-sharded vs an unsharded baseline, over item-table sizes.
 
-    python benchmarks/qps.py            # the full sweep (minutes; run on a quiet machine)
-    python benchmarks/qps.py --quick    # seconds: tiny preset, end to end
+    python benchmarks/qps.py                    # the full sweep (minutes; run on a quiet machine)
+    python benchmarks/qps.py --quick            # seconds: tiny preset, end to end
+    python benchmarks/qps.py --update-records   # the full sweep, written over benchmarks/results/
     python benchmarks/qps.py --help
 
-All logic lives in :mod:`marn_rec.benchmark`.
+Results go to runs/benchmarks/qps/ unless --update-records. All logic lives in
+:mod:`marn_rec.benchmarks`.
 """
 
 import os
@@ -12,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from marn_rec.benchmark import qps_main  # noqa: E402
+from marn_rec.benchmarks.cli import qps_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(qps_main())

@@ -1,0 +1,105 @@
+"""What a throughput benchmark runs: the modes compared, the options of a sweep
+(:class:`QPSConfig`, with its ``--quick`` preset) and one measurement (:class:`RunSpec`)."""
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional
+
+import torch
+
+from marn_rec.config import MARNConfig
+
+BASELINE = "baseline"
+TABLE_WISE = "table_wise"
+COLUMN_WISE = "column_wise"
+ROW_WISE = "row_wise"
+CPU_SHARDING_TYPES = (TABLE_WISE, COLUMN_WISE)  # gloo has no reduce-scatter for row-wise
+GPU_SHARDING_TYPES = (TABLE_WISE, COLUMN_WISE, ROW_WISE)
+
+# Where ``benchmarks/*.py`` write: a scratch folder by default, so that trying a command never
+# overwrites the recorded figures; ``--update-records`` writes over the records instead.
+SCRATCH_DIR = "runs/benchmarks"
+RECORDS_DIR = "benchmarks/results"
+
+
+def model_config(preset: str, num_items: int) -> MARNConfig:
+    """The preset's MARN with ``num_items`` rows in the item table."""
+    from marn_rec.config import PRESETS
+
+    cfg = PRESETS[preset]()
+    return replace(cfg, tower=replace(cfg.tower, num_items=num_items))
+
+
+@dataclass
+class QPSConfig:
+    """Options of :func:`~marn_rec.benchmarks.qps.run_qps` (the flags of ``benchmarks/qps.py``)."""
+
+    sizes: List[int] = field(default_factory=lambda: [100_000, 1_000_000, 10_000_000, 30_000_000, 60_000_000, 100_000_000])
+    preset: str = "small"
+    batch_size: int = 1024
+    num_batches: int = 8
+    warmup_steps: int = 5
+    windows: int = 5
+    steps_per_window: int = 10
+    profile_steps: int = 5
+    tower_reps: int = 3
+    sharding_types: Optional[List[str]] = None  # None: CPU_SHARDING_TYPES or GPU_SHARDING_TYPES
+    world_size: int = 2
+    dedup: List[bool] = field(default_factory=lambda: [True, False])
+    per_slot_sizes: Optional[List[int]] = None  # None: the smallest size only
+    baseline: bool = True
+    baseline_threads: int = 2
+    sharded_threads: int = 1
+    lr: float = 0.1
+    seed: int = 0
+    memory_fraction: float = 0.85
+    device: str = "auto"
+    out_dir: str = f"{SCRATCH_DIR}/qps"
+    isolate: bool = True  # a fresh set of processes per run (per-run peak memory, OOM isolation)
+    timeout_s: float = 1800.0
+    command: str = ""
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def resolved_sharding_types(self) -> List[str]:
+        if self.sharding_types:
+            return list(self.sharding_types)
+        return list(GPU_SHARDING_TYPES if self.resolved_device() == "cuda" else CPU_SHARDING_TYPES)
+
+    def dedup_modes(self, num_items: int) -> List[bool]:
+        per_slot = self.per_slot_sizes if self.per_slot_sizes is not None else [min(self.sizes)]
+        return [d for d in self.dedup if d or num_items in per_slot]
+
+
+# ``--quick``: seconds, end to end (in-process baseline, one set of processes per mode).
+QUICK = dict(
+    sizes=[2_000],
+    preset="tiny",
+    batch_size=16,
+    num_batches=2,
+    warmup_steps=1,
+    windows=2,
+    steps_per_window=2,
+    profile_steps=1,
+    tower_reps=1,
+    isolate=False,
+    timeout_s=300.0,
+)
+
+
+@dataclass
+class RunSpec:
+    """One measurement: a mode (baseline or a sharding type), a table size, dedup on or off."""
+
+    mode: str
+    num_items: int
+    dedup: bool
+    world_size: int
+    threads: int
+    batch_path: str = ""
+    plan_path: Optional[str] = None
+    embedding_per_process: List[Dict[str, int]] = field(default_factory=list)
+    predicted_peak_per_process: List[int] = field(default_factory=list)
+

@@ -1,0 +1,224 @@
+"""One measurement inside one process: build the baseline or the sharded model, time training
+steps in windows, profile a few steps, read peak memory; and the batches every run shares.
+
+The baseline is ``MARNTrain(MARN(cfg))`` with the TorchRec collections left unsharded,
+``.sparse = True`` on their embedding modules and ``torch.optim.Adagrad`` (sparse gradients) for
+them; the sharded model is DistributedModelParallel with FBGEMM's fused row-wise AdaGrad.
+"""
+
+import gc
+import statistics
+import time
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import nn
+
+from marn_rec.benchmarks.config import BASELINE, QPSConfig, RunSpec, model_config
+from marn_rec.benchmarks.machine import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from marn_rec.benchmarks.profiling import STEP_EVENT, bucket_times, profiler_events
+
+
+def sparse_baseline(model: nn.Module, lr: float):
+    """Sets ``.sparse = True`` on the embedding modules inside the unsharded TorchRec collections;
+    AdaGrad (sparse) for them and AdaGrad for the rest. Returns (optimizers, table parameters)."""
+    from marn_rec.training.sharding import ADAGRAD_EPS, ADAGRAD_INITIAL_ACCUMULATOR, embedding_tables
+
+    tables: List[nn.Parameter] = []
+    for _, collection in embedding_tables(model):
+        for module in collection.modules():
+            if isinstance(module, (nn.EmbeddingBag, nn.Embedding)):
+                module.sparse = True
+                tables += list(module.parameters())
+    ids = {id(p) for p in tables}
+    dense = [p for p in model.parameters() if id(p) not in ids]
+    return [
+        torch.optim.Adagrad(tables, lr=lr, eps=ADAGRAD_EPS, foreach=False),
+        torch.optim.Adagrad(dense, lr=lr, initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR),
+    ], tables
+
+
+def local_bytes(obj: Any) -> int:
+    """Bytes of the local part of every (Sharded)Tensor inside ``obj`` (dicts, lists)."""
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    if isinstance(obj, ShardedTensor):
+        return sum(s.tensor.numel() * s.tensor.element_size() for s in obj.local_shards())
+    if isinstance(obj, torch.Tensor):
+        if hasattr(obj, "local_shards"):  # DTensor-like
+            return sum(t.numel() * t.element_size() for t in obj.local_shards())
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(local_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(local_bytes(v) for v in obj)
+    return 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) -> Dict[str, Any]:
+    """One run in this process (rank ``rank`` of ``spec.world_size``): raw per-rank figures,
+    summarised over the ranks by :func:`~marn_rec.benchmarks.qps.summarise`."""
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from marn_rec.models.marn import MARN, MARNTrain
+    from marn_rec.training.sharding import apply_embedding_optimizer, shard_model, training_optimizer
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    peak_reset = reset_peak_rss()
+    rss_start = current_rss_bytes()
+    model_cfg = model_config(cfg.preset, spec.num_items)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    out: Dict[str, Any] = {"rank": rank, "threads": torch.get_num_threads(), "peak_reset": peak_reset}
+    if spec.mode == BASELINE:
+        model = MARNTrain(MARN(model_cfg, device=device))
+        optimizers, tables = sparse_baseline(model, cfg.lr)
+        out["emb_weights_bytes"] = sum(p.numel() * p.element_size() for p in tables)
+        out["emb_optimizer_bytes"] = sum(local_bytes(optimizers[0].state[p]["sum"]) for p in tables)
+        step_model = model
+
+        def optimizer_step() -> None:
+            for o in optimizers:
+                o.step()
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+
+    else:
+        plan = torch.load(spec.plan_path, weights_only=False)
+        model = MARNTrain(MARN(model_cfg, device=torch.device("meta")))
+        apply_embedding_optimizer(model, lr=cfg.lr)
+        dmp = shard_model(model, device, pg, plan=plan)
+        optimizer = training_optimizer(dmp, lr=cfg.lr)
+        from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+        out["emb_weights_bytes"] = sum(
+            local_bytes(v) for v in dmp.state_dict().values() if isinstance(v, ShardedTensor)
+        )
+        out["emb_optimizer_bytes"] = local_bytes(dmp.fused_optimizer.state_dict().get("state", {}))
+        step_model = dmp
+
+        def optimizer_step() -> None:
+            optimizer.step()
+            optimizer.zero_grad()
+
+    out["build_s"] = time.perf_counter() - t0
+    out["rss_after_build"] = current_rss_bytes()
+    batches = [b.to(device) for b in torch.load(spec.batch_path, weights_only=False)]
+    step_model.train()
+
+    def step(i: int) -> None:
+        loss, _ = step_model(batches[(i + rank) % len(batches)])
+        loss.backward()
+        optimizer_step()
+
+    def barrier() -> None:
+        if pg is not None:
+            dist.barrier(pg)
+
+    i = 0
+    for _ in range(cfg.warmup_steps):
+        step(i)
+        i += 1
+    _sync(device)
+    barrier()
+    window_s, cpu_s = [], []
+    for _ in range(cfg.windows):
+        _sync(device)
+        t, c = time.perf_counter(), time.process_time()
+        for _ in range(cfg.steps_per_window):
+            step(i)
+            i += 1
+        _sync(device)
+        window_s.append(time.perf_counter() - t)
+        cpu_s.append(time.process_time() - c)
+    out["window_s"] = window_s
+    out["cpu_s"] = cpu_s  # CPU time of all this process's threads (gloo's included)
+    barrier()
+
+    if cfg.profile_steps > 0:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(cfg.profile_steps):
+                with record_function(STEP_EVENT):
+                    step(i)
+                    _sync(device)
+                i += 1
+        events, step_total = profiler_events(prof, device_time=False)
+        buckets = bucket_times(events)
+        out["profile_ms_per_step"] = {k: v / 1e3 / cfg.profile_steps for k, v in buckets.items()}
+        out["profile_step_ms"] = step_total / 1e3 / cfg.profile_steps
+        if device.type == "cuda":
+            dev_events, dev_total = profiler_events(prof, device_time=True)
+            out["profile_device_ms_per_step"] = {
+                k: v / 1e3 / cfg.profile_steps for k, v in bucket_times(dev_events).items()
+            }
+        del prof
+        barrier()
+
+    if spec.mode == BASELINE and cfg.tower_reps > 0:
+        out["tower_ms"] = _tower_ms(model, batches, cfg.tower_reps, device)
+    out["peak_rss"] = peak_rss_bytes()
+    out["rss_start"] = rss_start
+    if device.type == "cuda":
+        out["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
+    out["unique_items"] = statistics.mean(b.num_unique_items for b in batches)
+    out["slots"] = statistics.mean(b.batch_size + b.history_index.numel() for b in batches)
+    return out
+
+
+def _tower_ms(model: nn.Module, batches: Sequence[Any], reps: int, device: torch.device) -> float:
+    """Median ms of the item tower's forward + backward on one batch (no optimizer step)."""
+    tower = model.model.tower
+    times = []
+    for _ in range(reps):
+        for b in batches:
+            slots = torch.cat([b.candidate_index, b.history_index])
+            weights = torch.bincount(slots, minlength=b.num_unique_items).to(b.item_image.dtype)
+            _sync(device)
+            t = time.perf_counter()
+            out = tower(b.item_sparse, b.item_title, b.item_image, weights)
+            loss = out.representation.sum() + sum(out.losses.values())
+            loss.backward()
+            _sync(device)
+            times.append((time.perf_counter() - t) * 1e3)
+            model.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
+def generate_batches(cfg: QPSConfig, num_items: int, dedup: bool, path: str) -> Dict[str, float]:
+    """Pre-generates ``cfg.num_batches`` batches of the synthetic stream into ``path``.
+
+    Returns timings (catalog build, ms per batch) and the mean unique items and slots per batch.
+    """
+    from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig
+
+    data_cfg = SyntheticTaobaoConfig.from_model_config(
+        model_config(cfg.preset, num_items), seed=cfg.seed, batch_size=cfg.batch_size,
+        num_train_batches=cfg.num_batches,
+    )
+    t = time.perf_counter()
+    source = SyntheticTaobao(data_cfg)
+    catalog_s = time.perf_counter() - t
+    t = time.perf_counter()
+    batches = [source.batch("train", i, dedup=dedup) for i in range(cfg.num_batches)]
+    per_batch_ms = (time.perf_counter() - t) * 1e3 / cfg.num_batches
+    torch.save(batches, path)
+    stats = {
+        "catalog_s": catalog_s,
+        "generate_ms_per_batch": per_batch_ms,
+        "unique_items_per_batch": statistics.mean(b.num_unique_items for b in batches),
+        "slots_per_batch": statistics.mean(b.batch_size + b.history_index.numel() for b in batches),
+        "zipf_exponent": data_cfg.zipf_exponent,
+    }
+    del batches, source
+    gc.collect()
+    return stats
