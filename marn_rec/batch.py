@@ -7,7 +7,10 @@ together) and the slots index into them. ``build_batch(..., dedup=False)`` makes
 the layout a per-slot model would see; both give the same predictions.
 
 History slots are jagged: ``history_index`` holds the N = sum(history_lengths) slots of all samples
-back to back, as a ``JaggedTensor``'s values would.
+back to back, as a ``JaggedTensor``'s values would. ``history_property`` has one row per behaviour,
+and a single placeholder row when the batch has no behaviour at all: a KJT of stride 0 cannot go
+through a sharded lookup, whose all-to-all every rank must join, and the model must not change the
+KJT it is given, or TorchRec's train pipelines could not start its lookup ahead of the forward.
 """
 
 from dataclasses import dataclass, field, fields
@@ -25,16 +28,34 @@ class ItemFeatures:
     """Features of a set of items, one row per item.
 
     Args:
-        sparse: feature name -> [U] int64 ID (ID features and statistic buckets).
-        title_values: concatenated title word IDs of the U items.
+        sparse: feature name -> int64 IDs (ID features and statistic buckets): [U], or the
+            concatenated values of a multi-valued feature named in ``sparse_lengths``.
+        title_values: concatenated title word IDs of the U items (None: no title modality).
         title_lengths: [U] number of title words of each item.
-        image: [U, image_dim] float32 image vectors (VGG16 fc7 at paper size).
+        image: [U, image_dim] float32 image vectors (VGG16 fc7 at paper size), or None.
+        sparse_lengths: [U] values per item of each multi-valued feature.
     """
 
     sparse: Dict[str, torch.Tensor]
-    title_values: torch.Tensor
-    title_lengths: torch.Tensor
-    image: torch.Tensor
+    title_values: Optional[torch.Tensor] = None
+    title_lengths: Optional[torch.Tensor] = None
+    image: Optional[torch.Tensor] = None
+    sparse_lengths: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def sparse_kjt(self) -> KeyedJaggedTensor:
+        """``item_sparse``: one value per item, or ``sparse_lengths[name]`` values for the
+        multi-valued features named there."""
+        keys = list(self.sparse)
+        if not keys:
+            return KeyedJaggedTensor.empty(values_dtype=torch.int64, lengths_dtype=torch.int64)
+        first = keys[0]
+        n = (self.sparse_lengths[first] if first in self.sparse_lengths else self.sparse[first]).numel()
+        lengths = [
+            self.sparse_lengths[k].long() if k in self.sparse_lengths else torch.ones(n, dtype=torch.int64)
+            for k in keys
+        ]
+        values = torch.cat([self.sparse[k].long() for k in keys])
+        return KeyedJaggedTensor(keys=keys, values=values, lengths=torch.cat(lengths))
 
 
 @dataclass
@@ -42,21 +63,24 @@ class MARNBatch(Pipelineable):
     """One training or evaluation batch of B samples over U unique items.
 
     Args:
-        item_sparse: ID and statistic features of the unique items, one value each (stride U).
-        item_title: title words of the unique items, a sequence each (stride U).
-        item_image: [U, image_dim] image vectors.
+        item_sparse: ID and statistic features of the unique items (stride U): one value each,
+            any number for multi-valued ID features.
+        item_title: title words of the unique items, a sequence each (stride U); None without
+            the title modality.
+        item_image: [U, image_dim] float32 image vectors; None without the image modality.
         candidate_index: [B] row of each sample's candidate among the unique items.
         history_index: [N] rows of the behaviour items, sample after sample.
         history_lengths: [B] behaviours per sample (0 is valid: a user without history).
-        history_property: behavior_type and behavior_time bucket per behaviour (stride N).
+        history_property: behavior_type and behavior_time bucket per behaviour (stride N; 1 with a
+            placeholder behaviour when N = 0).
         labels: [B] click (1.0) or not (0.0).
         user_ids: [B] user of each sample, for per-user AUC (paper eq. 11).
         meta: extra per-sample tensors the model does not read (e.g. the true click probability).
     """
 
     item_sparse: KeyedJaggedTensor
-    item_title: KeyedJaggedTensor
-    item_image: torch.Tensor
+    item_title: Optional[KeyedJaggedTensor]
+    item_image: Optional[torch.Tensor]
     candidate_index: torch.Tensor
     history_index: torch.Tensor
     history_lengths: torch.Tensor
@@ -71,7 +95,11 @@ class MARNBatch(Pipelineable):
 
     @property
     def num_unique_items(self) -> int:
-        return self.item_image.shape[0]
+        if self.item_image is not None:
+            return self.item_image.shape[0]
+        if self.item_sparse.keys():
+            return self.item_sparse.stride()
+        return self.item_title.stride() if self.item_title is not None else 0
 
     def model_inputs(self) -> Dict[str, object]:
         """Keyword arguments of :meth:`marn_rec.models.marn.MARN.forward`."""
@@ -88,7 +116,9 @@ class MARNBatch(Pipelineable):
     def _map(self, fn: Callable[[object], object]) -> "MARNBatch":
         """A batch with ``fn`` applied to every tensor and KJT field (and every ``meta`` value)."""
         changes = {
-            f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "meta"
+            f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "meta"
         }
         return MARNBatch(**changes, meta={k: fn(v) for k, v in self.meta.items()})
 
@@ -97,7 +127,7 @@ class MARNBatch(Pipelineable):
 
     def record_stream(self, stream: torch.Stream) -> None:
         for f in fields(self):
-            if f.name != "meta":
+            if f.name != "meta" and getattr(self, f.name) is not None:
                 getattr(self, f.name).record_stream(stream)
         for t in self.meta.values():
             t.record_stream(stream)
@@ -108,12 +138,16 @@ class MARNBatch(Pipelineable):
 
 def single_value_kjt(features: Dict[str, torch.Tensor]) -> KeyedJaggedTensor:
     """A KJT with one value per row for every feature (all tensors of the same length)."""
-    keys = list(features)
-    values = torch.cat([features[k].long() for k in keys])
-    n = features[keys[0]].numel() if keys else 0
-    return KeyedJaggedTensor(
-        keys=keys, values=values, lengths=torch.ones(len(keys) * n, dtype=torch.int64)
-    )
+    return ItemFeatures(sparse=features).sparse_kjt()
+
+
+def _check_ids(name: str, t: torch.Tensor) -> torch.Tensor:
+    # A float ID (3.7) would be truncated to another item without a word.
+    if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"{name}: expected an int32 or int64 tensor, got {getattr(t, 'dtype', type(t).__name__)}"
+        )
+    return t.long()
 
 
 def build_batch(
@@ -145,25 +179,34 @@ def build_batch(
         batch = build_batch(cands, hist, lengths, types, times, labels, catalog.features)
         out = model(**batch.model_inputs())
     """
-    all_items = torch.cat([candidate_items.long(), history_items.long()])
+    candidate_items = _check_ids("candidate_items", candidate_items)
+    history_items = _check_ids("history_items", history_items)
+    history_lengths = _check_ids("history_lengths", history_lengths)
+    behavior_types = _check_ids("behavior_types", behavior_types)
+    behavior_time_buckets = _check_ids("behavior_time_buckets", behavior_time_buckets)
+    all_items = torch.cat([candidate_items, history_items])
     if dedup:
         unique, inverse = torch.unique(all_items, return_inverse=True)
     else:
         unique, inverse = all_items, torch.arange(all_items.numel())
     b = candidate_items.numel()
     feats = item_features(unique)
-    title = KeyedJaggedTensor(
-        keys=[TITLE_WORDS],
-        values=feats.title_values.long(),
-        lengths=feats.title_lengths.long(),
-    )
+    title = None
+    if feats.title_values is not None and feats.title_lengths is not None:
+        title = KeyedJaggedTensor(
+            keys=[TITLE_WORDS],
+            values=feats.title_values.long(),
+            lengths=feats.title_lengths.long(),
+        )
+    if behavior_types.numel() == 0:  # the placeholder behaviour (module docstring)
+        behavior_types = behavior_time_buckets = torch.zeros(1, dtype=torch.int64)
     return MARNBatch(
-        item_sparse=single_value_kjt(feats.sparse),
+        item_sparse=feats.sparse_kjt(),
         item_title=title,
         item_image=feats.image,
         candidate_index=inverse[:b],
         history_index=inverse[b:],
-        history_lengths=history_lengths.long(),
+        history_lengths=history_lengths,
         history_property=single_value_kjt(
             {BEHAVIOR_TYPE: behavior_types, BEHAVIOR_TIME: behavior_time_buckets}
         ),

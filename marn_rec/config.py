@@ -7,7 +7,7 @@ ablations of paper Table 3 are :data:`ABLATIONS`, applied with :func:`ablation`.
 """
 
 from dataclasses import dataclass, field, replace
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 # Modality names, in the order the tower stacks them (index m of the discriminators' classes).
 IDS = "ids"
@@ -22,10 +22,39 @@ SEQUENCES = ("gru", "apgru")  # BaseModel's GRU, or APGRU (3.4.1).
 
 
 @dataclass(frozen=True)
+class IdFeature:
+    """One categorical feature of the item (paper eq. 1): a table of ``num_embeddings`` rows.
+
+    Args:
+        name: the feature's key in ``item_sparse``.
+        num_embeddings: rows of its table.
+        embedding_dim: width of its table.
+        multi_valued: an item may have any number of values (e.g. a movie's genres); the
+            EmbeddingBagCollection mean-pools them (an item without values gets zeros). Otherwise
+            every item has exactly one value.
+    """
+
+    name: str
+    num_embeddings: int
+    embedding_dim: int
+    multi_valued: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("IdFeature: name must be non-empty")
+        if self.num_embeddings <= 0 or self.embedding_dim <= 0:
+            raise ValueError(
+                f"IdFeature {self.name!r}: num_embeddings and embedding_dim must be positive, "
+                f"got {self.num_embeddings} and {self.embedding_dim}"
+            )
+
+
+@dataclass(frozen=True)
 class ItemTowerConfig:
     """The multimodal item tower: modality embedding (3.1.1), MAF (3.2), DDMA (3.3)."""
 
-    # 3.1.1 IDs, eq. 1; vocabularies from Table 1 (Taobao), dims from 4.1.
+    # 3.1.1 IDs, eq. 1: Taobao's four ID features, vocabularies from Table 1, dims from 4.1.
+    # ``id_features`` replaces them with a data set's own (see :meth:`item_id_features`).
     num_items: int = 800_000_000
     num_shops: int = 17_000_000
     num_brands: int = 1_000_000
@@ -34,6 +63,7 @@ class ItemTowerConfig:
     shop_dim: int = 24
     brand_dim: int = 24
     category_dim: int = 16
+    id_features: Tuple[IdFeature, ...] = ()
     # 3.1.1 image: VGG16 fc7, precomputed.
     image_dim: int = 4096
     # 3.1.1 title: h words of 300-d (Word2Vec/GloVe), Kim CNN with windows 2, 3, 4.
@@ -54,7 +84,22 @@ class ItemTowerConfig:
     fusion: str = "maf"
     adversarial: str = "ddma"
 
+    def item_id_features(self) -> Tuple[IdFeature, ...]:
+        """The item's ID features: ``id_features`` if given, else Taobao's item, shop, brand and
+        category IDs with the ``num_*`` / ``*_dim`` sizes."""
+        if self.id_features:
+            return self.id_features
+        return (
+            IdFeature("item_id", self.num_items, self.item_dim),
+            IdFeature("shop_id", self.num_shops, self.shop_dim),
+            IdFeature("brand_id", self.num_brands, self.brand_dim),
+            IdFeature("category_id", self.num_categories, self.category_dim),
+        )
+
     def __post_init__(self) -> None:
+        names = [f.name for f in self.id_features]
+        if len(set(names)) != len(names):
+            raise ValueError(f"id_features must have distinct names, got {names}")
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities must be distinct and non-empty, got {self.modalities}")
         unknown = set(self.modalities) - set(ALL_MODALITIES)
@@ -184,5 +229,14 @@ def ablation(name: str, base: MARNConfig) -> MARNConfig:
         raise ValueError(f"unknown ablation {name!r}; known: {list(ABLATIONS)}")
     changes = dict(ABLATIONS[name])
     sequence = changes.pop("sequence")
-    changes.setdefault("modalities", ALL_MODALITIES)
+    # Single-modality baselines need that modality in the data; the others keep the base's.
+    wanted: Optional[Tuple[str, ...]] = changes.pop("modalities", None)  # type: ignore[assignment]
+    if wanted is not None:
+        missing = [m for m in wanted if m not in base.tower.modalities]
+        if missing:
+            raise ValueError(
+                f"ablation {name!r} needs the modalities {missing}, which this configuration "
+                f"(modalities {base.tower.modalities}) does not have"
+            )
+        changes["modalities"] = wanted
     return replace(base, tower=replace(base.tower, **changes), sequence=sequence)

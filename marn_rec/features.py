@@ -9,7 +9,7 @@ the batch's unique items (see :mod:`marn_rec.batch`).
 from typing import List
 
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
 
 from marn_rec.config import BehaviorConfig, ItemTowerConfig
 
@@ -17,7 +17,7 @@ ITEM_ID = "item_id"
 SHOP_ID = "shop_id"
 BRAND_ID = "brand_id"
 CATEGORY_ID = "category_id"
-ID_FEATURES = (ITEM_ID, SHOP_ID, BRAND_ID, CATEGORY_ID)
+ID_FEATURES = (ITEM_ID, SHOP_ID, BRAND_ID, CATEGORY_ID)  # Taobao's; data sets may have others
 TITLE_WORDS = "title_words"
 BEHAVIOR_TYPE = "behavior_type"
 BEHAVIOR_TIME = "behavior_time"
@@ -40,19 +40,21 @@ def statistic_features(config: ItemTowerConfig) -> List[str]:
     ]
 
 
+def id_feature_names(config: ItemTowerConfig) -> List[str]:
+    return [f.name for f in config.item_id_features()]
+
+
 def id_tables(config: ItemTowerConfig) -> List[EmbeddingBagConfig]:
-    """Eq. 1: one table per ID feature."""
-    sizes = (
-        (ITEM_ID, config.num_items, config.item_dim),
-        (SHOP_ID, config.num_shops, config.shop_dim),
-        (BRAND_ID, config.num_brands, config.brand_dim),
-        (CATEGORY_ID, config.num_categories, config.category_dim),
-    )
+    """Eq. 1: one table per ID feature; multi-valued features are mean-pooled."""
     return [
         EmbeddingBagConfig(
-            name=f"t_{name}", embedding_dim=dim, num_embeddings=rows, feature_names=[name]
+            name=f"t_{f.name}",
+            embedding_dim=f.embedding_dim,
+            num_embeddings=f.num_embeddings,
+            feature_names=[f.name],
+            pooling=PoolingType.MEAN if f.multi_valued else PoolingType.SUM,
         )
-        for name, rows, dim in sizes
+        for f in config.item_id_features()
     ]
 
 

@@ -15,7 +15,7 @@ from marn_rec.testing import RandomCatalog, random_batch
 @pytest.mark.parametrize("name", ["MARN", "BaseModel+MAF+ADV", "BaseModel+CONC"])
 def test_unique_items_equal_per_slot(name: str) -> None:
     cfg = ablation(name, tiny())
-    model = MARNTrain(MARN(cfg))
+    model = MARNTrain(MARN(cfg), total_steps=11)
     catalog = RandomCatalog(cfg)
     dedup = random_batch(cfg, 12, seed=3, catalog=catalog, dedup=True)
     per_slot = random_batch(cfg, 12, seed=3, catalog=catalog, dedup=False)
@@ -26,7 +26,9 @@ def test_unique_items_equal_per_slot(name: str) -> None:
     results = []
     for batch in (dedup, per_slot):
         model.zero_grad(set_to_none=True)
-        loss, (losses, logits, _) = model(batch, adv_lambda=0.04)
+        model.step.fill_(2)  # lambda > 0: the adversarial losses count
+        loss, (_, logits, _) = model(batch)
+        losses = model.losses
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         results.append((losses, logits, grads))
@@ -43,8 +45,9 @@ def test_every_ablation_runs_and_uses_every_parameter() -> None:
     """DDP's static graph (DMP's default) fails on parameters that get no gradient."""
     for name in ABLATIONS:
         cfg = ablation(name, tiny())
-        model = MARNTrain(MARN(cfg))
-        loss, _ = model(random_batch(cfg, 8, seed=1), adv_lambda=0.01)
+        model = MARNTrain(MARN(cfg), total_steps=11)
+        model.step.fill_(2)
+        loss, _ = model(random_batch(cfg, 8, seed=1))
         loss.backward()
         unused = [n for n, p in model.named_parameters() if p.grad is None]
         assert unused == [], f"{name}: parameters without gradient {unused}"

@@ -12,6 +12,7 @@ from marn_rec.config import tiny
 from marn_rec.training.sharding import apply_embedding_optimizer, training_optimizer
 from marn_rec.models.marn import MARN, MARNTrain
 from marn_rec.testing import random_batch
+from marn_rec.validation import validate_batch
 
 CFG = tiny()
 
@@ -101,7 +102,7 @@ CASES = {
     ),
     "integer image": (
         lambda b: replace(b, item_image=b.item_image.long()),
-        r"item_image: expected floating-point values, got torch.int64",
+        r"item_image: expected float32 values, got torch.int64",
     ),
     "float candidate index": (
         lambda b: replace(b, candidate_index=b.candidate_index.float()),
@@ -130,31 +131,40 @@ CASES = {
 }
 
 
+# Checked by validate_batch only: MARN.forward does not read labels or users.
+BATCH_ONLY = {"labels out of range", "labels of another batch size"}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_raises_a_clear_error_and_leaves_state_untouched(case: str) -> None:
     edit, message = CASES[case]
-    model = MARNTrain(MARN(CFG))
+    model = MARNTrain(MARN(CFG), total_steps=10)
     apply_embedding_optimizer(model)
     opt = training_optimizer(model)
     good = _batch()
-    loss, _ = model(good, 0.01)  # one good step first: optimizer state exists
+    loss, _ = model(validate_batch(good, CFG))  # one good step first: optimizer state exists
     loss.backward()
     opt.step()
     opt.zero_grad()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = repr(opt.state_dict())
     with pytest.raises(ValueError, match=message):
-        model(edit(good), 0.01)
+        validate_batch(edit(good), CFG)  # the entry point of the loop and the pipelines
+    if case not in BATCH_ONLY:
+        with pytest.raises(ValueError, match=message):
+            model(edit(good))  # eager MARN checks its own inputs too (validate=True)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert repr(opt.state_dict()) == opt_before
     # Training goes on after the error.
-    loss, _ = model(good, 0.01)
+    loss, _ = model(validate_batch(good, CFG))
     assert torch.isfinite(loss)
 
 
 def test_valid_batch_passes() -> None:
-    MARNTrain(MARN(CFG))(_batch(), 0.0)
+    batch = _batch()
+    assert validate_batch(batch, CFG) is batch  # keys already in the model's order: unchanged
+    MARNTrain(MARN(CFG))(batch)
 
 
 def test_validation_can_be_switched_off() -> None:

@@ -17,23 +17,39 @@ def adversarial_lambda(progress: float, lambda0: float = 0.05, gamma: float = 10
     return lambda0 * (2.0 / (1.0 + math.exp(-gamma * progress)) - 1.0)
 
 
-# eq. 10: L_Ds and L_ADV carry lambda; L_D0 trains D0 alone and is not scaled.
-_LAMBDA_SCALED = {"ds": True, "adv": True, "d0": False}
+def adversarial_lambda_tensor(
+    step: torch.Tensor, total_steps: int, lambda0: float = 0.05, gamma: float = 10.0
+) -> torch.Tensor:
+    """:func:`adversarial_lambda` at progress ``step / (total_steps - 1)`` (clamped to [0, 1]), as
+    a 0-d tensor computed on ``step``'s device (no host sync, traceable)."""
+    progress = (step.double() / max(total_steps - 1, 1)).clamp(0.0, 1.0)
+    return (lambda0 * (2.0 / (1.0 + torch.exp(-gamma * progress)) - 1.0)).float()
+
+
+# eq. 10: L_Ds carries lambda; L_D0 trains D0 alone and is not scaled. L_ADV's game is played
+# through a gradient reversal layer of scale lambda (Ganin and Lempitsky, the paper's [8]): D1 learns
+# from the unscaled L_ADV ("d1", on detached features), I from -lambda times its gradient ("adv",
+# through the GRL with D1's weights held constant). See marn_rec.modules.ddma.
+_LAMBDA_SCALED = {"ds": True, "adv": True, "d0": False, "d1": False}
 
 
 def marn_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     aux_losses: Dict[str, torch.Tensor],
-    adv_lambda: float,
+    adv_lambda: float | torch.Tensor,
 ) -> Dict[str, torch.Tensor]:
-    """``L = L_CTR + lambda L_Ds + L_D0 + lambda L_ADV`` (eq. 10).
+    """``L = L_CTR + lambda L_Ds + L_D0 + L_ADV(D1) + lambda L_ADV(I)`` (eq. 10 with its GRL).
+
+    ``L_ADV(D1)`` ("d1") and ``L_ADV(I)`` ("adv") have the same value, eq. 7's ``L_ADV``; the first
+    trains D1 only, the second ``I`` only, through the gradient reversal layer: together they are a
+    GRL of scale lambda, as in the paper's [8].
 
     Args:
         logits: [B] click logits.
         labels: [B] clicks in {0, 1}.
-        aux_losses: the tower's unweighted auxiliary losses ("ds", "d0", "adv"; any subset).
-        adv_lambda: lambda of the schedule, :func:`adversarial_lambda`.
+        aux_losses: the tower's unweighted auxiliary losses ("ds", "d0", "d1", "adv"; any subset).
+        adv_lambda: lambda of the schedule, :func:`adversarial_lambda` (a float or 0-d tensor).
 
     Returns:
         Dict[str, torch.Tensor]: "ctr", each auxiliary loss (unweighted) and "total".

@@ -16,19 +16,30 @@ import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from marn_rec.config import IDS, IMAGE, STATISTIC, TITLE, ItemTowerConfig
-from marn_rec.features import ID_FEATURES, TITLE_WORDS, statistic_feature
-from marn_rec.modules.ddma import DoubleDiscriminatorAdversarial, ModalityAdversarial
+from marn_rec.config import ItemTowerConfig
+from marn_rec.modules.ddma import DoubleDiscriminatorAdversarial, ModalityAdversarial, item_mean
 from marn_rec.modules.maf import MultimodalAttentionFusion, SumFusion
 from marn_rec.modules.modality_embedding import ModalityEmbedding
 from marn_rec.modules.projection import ModalityProjection
-from marn_rec.validation import check_float_matrix, check_kjt
+from marn_rec.validation import is_tracing, validate_tower_inputs
+
+
+# The auxiliary losses of each adversarial network (eq. 10), in a fixed order. "d1" and "adv" are
+# the two sides of L_ADV's game (D1's and I's, see marn_rec.modules.ddma).
+_LOSS_NAMES = {"ddma": ("d0", "d1", "adv", "ds"), "adv": ("d1", "adv")}
 
 
 class TowerOutput(NamedTuple):
     representation: torch.Tensor  # [U, hidden_dim], rep = s + c
-    losses: Dict[str, torch.Tensor]  # auxiliary losses: "d0", "adv", "ds" (those configured)
+    # auxiliary losses: "d0", "d1", "adv", "ds" (those configured; see marn_rec.modules.ddma)
+    losses: Dict[str, torch.Tensor]
     modality_weights: Optional[torch.Tensor]  # [U, M] DDMA's w_m, None without adversary
+    # Detached 0-d tensors that show the adversarial game, for logging (empty while tracing):
+    # s_rms, c_rms: rms of s and c (rep = s + c); w_mean, w_mean_<modality>: DDMA's w_m;
+    # d0_accuracy, d1_accuracy, ds_accuracy: share of (item, modality) pairs each discriminator
+    # classifies right (chance 1/M); d1_ce: D1's unweighted cross-entropy on the c_m (ln M when
+    # confused, above it when confidently wrong). Items weighted by their slot counts.
+    diagnostics: Dict[str, torch.Tensor] = {}
 
 
 class MARNTower(nn.Module):
@@ -39,23 +50,25 @@ class MARNTower(nn.Module):
     ``config.fusion`` and ``config.adversarial`` select the Table 3 ablations.
 
     Args:
-        config (ItemTowerConfig): sizes, modalities, fusion and adversarial network.
+        config (ItemTowerConfig): features, sizes, modalities, fusion and adversarial network.
         device (torch.device | None): ``meta`` for deferred initialisation by DMP.
-        validate (bool): check inputs and raise ``ValueError`` on bad ones (see
-            :mod:`marn_rec.validation`); costs one pass over the IDs.
+        validate (bool): check inputs in eager ``forward`` and raise ``ValueError`` on bad ones
+            (:func:`marn_rec.validation.validate_tower_inputs`; costs one pass over the IDs).
+            Skipped while tracing or exporting: validate inputs before they enter a traced model.
 
     Example::
 
         tower = MARNTower(tiny().tower)
-        out = tower(item_sparse, item_title, item_image)
-        score = (user_embedding * out.representation).sum(-1)
+        batch = random_batch(tiny(), batch_size=4)        # marn_rec.testing
+        out = tower(batch.item_sparse, batch.item_title, batch.item_image)
+        out.representation.shape                          # [U, 8]
         loss = bce(score, labels) + sum(out.losses.values())
     """
 
     def __init__(
         self,
         config: ItemTowerConfig,
-        device: torch.device | None = None,
+        device: Optional[torch.device] = None,
         validate: bool = True,
     ) -> None:
         super().__init__()
@@ -75,19 +88,11 @@ class MARNTower(nn.Module):
             if config.fusion == "maf"
             else SumFusion()
         )
-        self.adversarial: nn.Module | None = None
+        self.adversarial: Optional[nn.Module] = None
         if config.adversarial == "ddma":
             self.adversarial = DoubleDiscriminatorAdversarial(m, config.hidden_dim, device=device)
         elif config.adversarial == "adv":
             self.adversarial = ModalityAdversarial(m, config.hidden_dim, device=device)
-        self._rows: Dict[str, int] = {}
-        if IDS in config.modalities:
-            rows = (config.num_items, config.num_shops, config.num_brands, config.num_categories)
-            self._rows.update(zip(ID_FEATURES, rows))
-        if STATISTIC in config.modalities:
-            for stat in range(config.num_statistics):
-                for buckets in config.statistic_buckets:
-                    self._rows[statistic_feature(stat, buckets)] = buckets
 
     @property
     def output_dim(self) -> int:
@@ -98,26 +103,10 @@ class MARNTower(nn.Module):
         item_sparse: KeyedJaggedTensor,
         item_title: Optional[KeyedJaggedTensor],
         item_image: Optional[torch.Tensor],
+        item_weights: Optional[torch.Tensor] = None,
     ) -> int:
         """Raises ``ValueError`` on bad item inputs; returns the number of items U."""
-        c = self.config
-        num_items: Optional[int] = None
-        if self._rows:
-            num_items = check_kjt("item_sparse", item_sparse, self._rows, None, self._rows)
-        if TITLE in c.modalities:
-            if item_title is None:
-                raise ValueError("item_title: required by the title modality, got None")
-            num_items = check_kjt(
-                "item_title", item_title, {TITLE_WORDS: c.title_vocab_size}, num_items
-            )
-        if IMAGE in c.modalities:
-            if item_image is None:
-                raise ValueError("item_image: required by the image modality, got None")
-            rows = item_image.shape[0] if num_items is None else num_items
-            check_float_matrix("item_image", item_image, rows, c.image_dim)
-            num_items = rows
-        assert num_items is not None  # config validation guarantees one modality
-        return num_items
+        return validate_tower_inputs(self.config, item_sparse, item_title, item_image, item_weights)
 
     def forward(
         self,
@@ -128,27 +117,69 @@ class MARNTower(nn.Module):
     ) -> TowerOutput:
         """
         Args:
-            item_sparse (KeyedJaggedTensor): ID features (item_id, shop_id, brand_id,
-                category_id) and statistic buckets (``stat{k}_b{buckets}``), one value per item.
-            item_title (KeyedJaggedTensor | None): ``title_words`` of each item.
-            item_image (torch.Tensor | None): [U, image_dim] image vectors.
+            item_sparse (KeyedJaggedTensor): the item's ID features (``config.item_id_features()``;
+                Taobao's item_id, shop_id, brand_id, category_id by default) and statistic
+                buckets (``stat{k}_b{buckets}``), stride U.
+            item_title (KeyedJaggedTensor | None): ``title_words`` of each item (title modality).
+            item_image (torch.Tensor | None): [U, image_dim] float32 image vectors (image
+                modality).
             item_weights (torch.Tensor | None): [U] how many slots of the batch each item fills;
                 weights the auxiliary losses so that a deduplicated batch has the objective of the
                 per-slot batch. None: every item once.
 
         Returns:
-            TowerOutput: representation [U, hidden_dim], auxiliary losses, DDMA weights.
+            TowerOutput: representation [U, hidden_dim], auxiliary losses, DDMA weights,
+            diagnostics.
         """
-        if self.validate:
-            self.check_inputs(item_sparse, item_title, item_image)
+        if self.validate and not is_tracing():
+            self.check_inputs(item_sparse, item_title, item_image, item_weights)
+        diagnose = not is_tracing()
         e = self.embedding(item_sparse, item_title, item_image)
         specific = self.projection.specific(e)
         s = self.fusion(specific)
         if self.adversarial is None:
-            return TowerOutput(s, {}, None)
-        # Ds must not train the embedding layer (eq. 10): it sees S_m of detached embeddings.
+            diagnostics = {"s_rms": _rms(s, item_weights)} if diagnose else {}
+            return TowerOutput(s, {}, None, diagnostics)
+        # eq. 10: the embedding layer E is trained by L_CTR alone. Ds sees S_m of detached
+        # embeddings; D1 and the GRL see I of detached embeddings (L_ADV trains I, not E), while c
+        # pools I of the embeddings themselves (L_CTR trains E and I through it).
+        e_detached = e.detach()
         specific_detached = (
-            self.projection.specific(e.detach()) if self.config.adversarial == "ddma" else None
+            self.projection.specific(e_detached) if self.config.adversarial == "ddma" else None
         )
-        adv = self.adversarial(self.projection.invariant(e), specific_detached, item_weights)
-        return TowerOutput(s + adv.invariant, adv.losses, adv.modality_weights)
+        adv = self.adversarial(
+            self.projection.invariant(e),
+            specific_detached,
+            item_weights,
+            adversarial_input=self.projection.invariant(e_detached),
+            diagnostics=diagnose,
+        )
+        # Named one by one: TorchRec's pipeline tracer keeps the (table-free) adversarial module
+        # as a leaf, so its output is a proxy whose dict of losses cannot be iterated.
+        losses = {name: adv.losses[name] for name in _LOSS_NAMES[self.config.adversarial]}
+        diagnostics: Dict[str, torch.Tensor] = {}
+        if diagnose:
+            diagnostics = self._diagnostics(s, adv.invariant, adv.modality_weights, item_weights)
+            diagnostics.update(adv.diagnostics)
+        return TowerOutput(s + adv.invariant, losses, adv.modality_weights, diagnostics)
+
+    @torch.no_grad()
+    def _diagnostics(
+        self,
+        s: torch.Tensor,
+        c: torch.Tensor,
+        weights: torch.Tensor,
+        item_weights: Optional[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        """The scale of s and c and DDMA's mean w_m (see :class:`TowerOutput`)."""
+        out = {"s_rms": _rms(s, item_weights), "c_rms": _rms(c, item_weights)}
+        if self.config.adversarial == "ddma":
+            out["w_mean"] = item_mean(weights.mean(dim=1), item_weights)
+            for k, m in enumerate(self.config.modalities):
+                out[f"w_mean_{m}"] = item_mean(weights[:, k], item_weights)
+        return out
+
+
+def _rms(x: torch.Tensor, item_weights: Optional[torch.Tensor]) -> torch.Tensor:
+    """Root mean square of [U, d] ``x``, items weighted by their slot counts (detached)."""
+    return item_mean(x.detach().pow(2).mean(dim=1), item_weights).sqrt()

@@ -12,7 +12,9 @@ Why a Python loop and not ``nn.GRU``: cuDNN/ATen's fused GRU cannot add ``P_u p_
 Input projections of all steps are one matmul before the loop; the loop walks ``unbind`` views
 (indexing ``gi[t]`` would make autograd materialise a full-size gradient per step), and, as
 ``nn.GRU`` does with a ``PackedSequence``, runs each step only for the samples still in their
-sequence.
+sequence. That packing reads the lengths on the host, so under FX tracing, ``torch.compile`` and
+``torch.export`` the module runs all ``T`` steps for every sample and masks the finished ones
+instead (same results; tested against each other).
 """
 
 import math
@@ -22,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marn_rec.validation import is_tracing
+
 
 class APGRU(nn.Module):
     """Single-layer batch-first GRU with the behaviour property in the update gate.
@@ -30,6 +34,8 @@ class APGRU(nn.Module):
         input_dim (int): size of ``rep_t``.
         hidden_dim (int): size of ``h_t``.
         property_dim (int): size of ``p_t``; 0 for a plain GRU (BaseModel).
+        max_length (int | None): T, the padded length of the inputs; needed only to FX-trace the
+            module (a traced graph cannot read T from a shape).
         device (torch.device | None): parameter device.
 
     Example::
@@ -43,10 +49,12 @@ class APGRU(nn.Module):
         input_dim: int,
         hidden_dim: int,
         property_dim: int = 0,
+        max_length: Optional[int] = None,
         device: torch.device | None = None,
     ) -> None:
         super().__init__()
         self.hidden_dim = hidden_dim
+        self.max_length = max_length
         self.weight_ih = nn.Parameter(torch.empty(3 * hidden_dim, input_dim, device=device))
         self.weight_hh = nn.Parameter(torch.empty(3 * hidden_dim, hidden_dim, device=device))
         self.bias_ih = nn.Parameter(torch.empty(3 * hidden_dim, device=device))
@@ -82,9 +90,11 @@ class APGRU(nn.Module):
             Tuple[torch.Tensor, torch.Tensor]: states [B, T, hidden_dim] (zero after a sample's
             length) and the last valid state [B, hidden_dim] (zeros for an empty sequence).
         """
-        b, t, _ = inputs.shape
         if (properties is None) != (self.weight_ph is None):
             raise ValueError("properties must be given exactly when APGRU has a property term")
+        if is_tracing():
+            return self._forward_masked(inputs, lengths, properties)
+        b, t, _ = inputs.shape
         if t == 0:
             return inputs.new_zeros(b, 0, self.hidden_dim), inputs.new_zeros(b, self.hidden_dim)
         # Like a PackedSequence: samples sorted by length, so that step t updates only the first
@@ -137,3 +147,32 @@ class APGRU(nn.Module):
             inverse[order] = torch.arange(b, device=order.device)
             out, h = out.index_select(0, inverse), h.index_select(0, inverse)
         return out, h
+
+    def _forward_masked(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        properties: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All T steps for every sample; a finished sample keeps its state and outputs zeros.
+        No value of ``lengths`` decides the control flow, so FX, dynamo and export can trace it."""
+        t = self.max_length if torch.fx._symbolic_trace.is_fx_symbolic_tracing() else inputs.shape[1]
+        if t is None:
+            raise ValueError("APGRU: set max_length to FX-trace the module")
+        gi = F.linear(inputs, self.weight_ih, self.bias_ih)
+        gp = F.linear(properties, self.weight_ph) if properties is not None else None
+        h = torch.zeros_like(gi[:, 0, : self.hidden_dim])
+        states = []
+        for step in range(t):
+            x_r, x_u, x_n = gi[:, step].chunk(3, dim=1)
+            h_r, h_u, h_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
+            r = torch.sigmoid(x_r + h_r)
+            if gp is not None:
+                h_u = h_u + gp[:, step]
+            u = torch.sigmoid(x_u + h_u)
+            n_new = torch.tanh(x_n + r * h_n)
+            h_new = n_new + u * (h - n_new)
+            valid = (lengths > step).unsqueeze(1)
+            h = torch.where(valid, h_new, h)
+            states.append(torch.where(valid, h_new, torch.zeros_like(h_new)))
+        return torch.stack(states, dim=1), h

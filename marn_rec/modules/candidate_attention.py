@@ -8,6 +8,9 @@ from torch import nn
 from torchrec.modules.mlp import MLP
 
 
+_MASKED_SCORE = -6.0e4
+
+
 class CandidateAttention(nn.Module):
     """Attention pooling of the behaviour states with respect to the candidate item.
 
@@ -56,7 +59,8 @@ class CandidateAttention(nn.Module):
         pairs = torch.cat([states, candidate.unsqueeze(1).expand(b, t, -1)], dim=2)
         scores = self.score(self.mlp(pairs)).squeeze(2)
         valid = torch.arange(t, device=states.device).unsqueeze(0) < lengths.unsqueeze(1)
-        # A finite fill (not -inf) keeps rows without any valid step free of NaN gradients.
-        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        # A finite fill (not -inf) keeps rows without any valid step free of NaN gradients; a
+        # constant (not finfo(dtype).min) keeps the module traceable, and -6e4 is finite in fp16.
+        scores = scores.masked_fill(~valid, _MASKED_SCORE)
         weights = torch.softmax(scores, dim=1).masked_fill(~valid, 0.0)
         return torch.bmm(weights.unsqueeze(1), states).squeeze(1)

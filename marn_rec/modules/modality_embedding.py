@@ -5,7 +5,7 @@ are a sequence lookup in an ``EmbeddingCollection`` followed by :class:`TitleCNN
 is a dense input. DistributedModelParallel shards both collections with the default sharders.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -14,8 +14,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from marn_rec.config import IDS, IMAGE, STATISTIC, TITLE, ItemTowerConfig
 from marn_rec.features import (
-    ID_FEATURES,
     TITLE_WORDS,
+    id_feature_names,
     id_tables,
     statistic_features,
     statistic_tables,
@@ -57,10 +57,10 @@ class ModalityEmbedding(nn.Module):
             self.title_cnn = TitleCNN(
                 config.word_dim, config.title_windows, config.title_filters, device=device
             )
-        self._id_features: List[str] = list(ID_FEATURES)
+        self._id_features: List[str] = id_feature_names(config)
         self._stat_features: List[str] = statistic_features(config)
         input_dims: Dict[str, int] = {
-            IDS: config.item_dim + config.shop_dim + config.brand_dim + config.category_dim,
+            IDS: sum(f.embedding_dim for f in config.item_id_features()),
             IMAGE: config.image_dim,
             TITLE: self.title_cnn.output_dim if self.title_cnn is not None else 0,
             STATISTIC: config.num_statistics * len(config.statistic_buckets) * config.statistic_dim,
@@ -75,14 +75,14 @@ class ModalityEmbedding(nn.Module):
     def forward(
         self,
         item_sparse: KeyedJaggedTensor,
-        item_title: KeyedJaggedTensor,
-        item_image: torch.Tensor,
+        item_title: Optional[KeyedJaggedTensor] = None,
+        item_image: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
             item_sparse (KeyedJaggedTensor): ID and statistic features, stride U.
-            item_title (KeyedJaggedTensor): title words, stride U.
-            item_image (torch.Tensor): [U, image_dim] image vectors.
+            item_title (KeyedJaggedTensor | None): title words, stride U (title modality only).
+            item_image (torch.Tensor | None): [U, image_dim] image vectors (image modality only).
 
         Returns:
             torch.Tensor: [U, M, modality_dim], modalities in ``config.modalities`` order.
@@ -95,10 +95,13 @@ class ModalityEmbedding(nn.Module):
             if STATISTIC in self.modalities:
                 raw[STATISTIC] = torch.cat([pooled[f] for f in self._stat_features], dim=1)
         if self.ec is not None and self.title_cnn is not None:
+            assert item_title is not None, "the title modality needs item_title"
             words = self.ec(item_title)[TITLE_WORDS]
-            # Titles are padded (or truncated) to h words with zero vectors, as in Kim's CNN.
+            # Titles are padded (or truncated) to h words with zero vectors, as in Kim's CNN; the
+            # CNN pools only over the windows inside each title, so it needs the lengths.
             padded = words.to_padded_dense(desired_length=self._title_length)
-            raw[TITLE] = self.title_cnn(padded)
+            raw[TITLE] = self.title_cnn(padded, words.lengths())
         if IMAGE in self.modalities:
+            assert item_image is not None, "the image modality needs item_image"
             raw[IMAGE] = item_image
         return torch.stack([self.projections[m](raw[m]) for m in self.modalities], dim=1)

@@ -31,22 +31,11 @@ class PropertyEmbedding(nn.Module):
         """
         Args:
             history_property (KeyedJaggedTensor): behavior_type and behavior_time, one value per
-                behaviour (stride N).
+                behaviour (stride N; a batch without behaviours carries one placeholder, see
+                :mod:`marn_rec.batch`).
 
         Returns:
-            torch.Tensor: [N, output_dim].
+            torch.Tensor: [stride, output_dim].
         """
-        empty = history_property.stride() == 0
-        if empty:
-            # A batch without behaviours: TorchRec cannot split a KJT of stride 0, and a sharded
-            # lookup must still run on every rank (its all-to-all is collective), so look up one
-            # placeholder behaviour and return none.
-            lengths = history_property.lengths()
-            history_property = KeyedJaggedTensor(
-                keys=list(PROPERTY_FEATURES),
-                values=lengths.new_zeros(len(PROPERTY_FEATURES)),
-                lengths=lengths.new_ones(len(PROPERTY_FEATURES)),
-            )
         pooled = self.ebc(history_property).to_dict()
-        out = torch.cat([pooled[f] for f in PROPERTY_FEATURES], dim=1)
-        return out[:0] if empty else out
+        return torch.cat([pooled[f] for f in PROPERTY_FEATURES], dim=1)

@@ -8,20 +8,18 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from marn_rec.training import metrics
 from marn_rec.batch import MARNBatch
 from marn_rec.training.checkpoint import (
     CheckpointError,
-    complete_checkpoints,
-    latest_checkpoint,
     load_checkpoint,
+    resume_point,
     save_checkpoint,
 )
 from marn_rec.config import PRESETS, MARNConfig, ablation
@@ -32,9 +30,10 @@ from marn_rec.training.sharding import (
     shard_model,
     training_optimizer,
 )
-from marn_rec.models.loss import adversarial_lambda
 from marn_rec.models.marn import MARN, MARNTrain
+from marn_rec.training.evaluation import evaluate
 from marn_rec.training.plots import plot_training
+from marn_rec.validation import validate_batch
 
 
 @dataclass
@@ -50,8 +49,11 @@ class TrainConfig:
         eval_every: steps between evaluations (and one at the end).
         eval_batches: evaluation batches in all ranks together (a fixed set).
         learning_rate: AdaGrad's, for tables and dense parameters (paper 4.1).
+        lambda0: eq. 10's lambda0 (section 4.1: 0.05); None keeps the preset's.
+        gamma: the lambda schedule's gamma (section 4.1: 10); None keeps the preset's.
         out_dir: metrics.jsonl and checkpoints/ go here.
-        checkpoint_every: steps between checkpoints (0: only at the end).
+        checkpoint_every: steps between checkpoints (0: only at the end); a killed run loses at
+            most this many steps.
         resume: "auto" (from the latest complete checkpoint if any), "required", or "never".
         sharding_types: allowed sharding types, None for the planner's choice (on CPU,
             table-wise and column-wise).
@@ -72,8 +74,10 @@ class TrainConfig:
     eval_every: int = 100
     eval_batches: int = 16
     learning_rate: float = 0.1
+    lambda0: Optional[float] = None
+    gamma: Optional[float] = None
     out_dir: str = "runs/taobao_synthetic"
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
     resume: str = "auto"
     sharding_types: Optional[List[str]] = None
     dedup: bool = True
@@ -93,7 +97,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def model_config(self) -> MARNConfig:
-        return ablation(self.model, PRESETS[self.preset]())
+        config = ablation(self.model, PRESETS[self.preset]())
+        changes = {k: getattr(self, k) for k in ("lambda0", "gamma") if getattr(self, k) is not None}
+        return replace(config, **changes) if changes else config
 
     def data_config(self, world_size: int) -> SyntheticTaobaoConfig:
         return SyntheticTaobaoConfig.from_model_config(
@@ -131,71 +137,87 @@ def init_distributed() -> Tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), device
 
 
-def _gather(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Concatenation over ranks (in rank order) of each tensor."""
-    world = dist.get_world_size()
-    parts: List[Optional[Dict[str, torch.Tensor]]] = [None] * world
-    dist.all_gather_object(parts, {k: v.cpu() for k, v in tensors.items()})
-    return {k: torch.cat([p[k] for p in parts]) for k in tensors}  # type: ignore[index]
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters stopped being finite, or the CTR loss exploded: training stops,
+    keeping the last good checkpoint."""
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, batches: Iterator[MARNBatch], device: torch.device) -> Dict[str, torch.Tensor]:
-    """Predictions and the evaluation facts of every sample, gathered from all ranks."""
-    cols: Dict[str, List[torch.Tensor]] = {}
-    for batch in batches:
-        batch = batch.to(device)
-        _, (_, logits, labels) = model(batch, 0.0)
-        got = {"score": torch.sigmoid(logits), "label": labels, "user": batch.user_ids, **batch.meta}
-        for k, v in got.items():
-            cols.setdefault(k, []).append(v.detach().cpu())
-    return _gather({k: torch.cat(v) for k, v in cols.items()})
+# A constant predictor has a CTR loss of at most ln 2 (0.69) on balanced labels; a window mean
+# above this many nats means the logits have blown up (measured: lambda0 = 1.8 before it turned
+# NaN went through 2,013).
+DIVERGENCE_CTR_LOSS = 20.0
 
 
-def evaluation_metrics(e: Dict[str, torch.Tensor], recall_at: Sequence[int]) -> Dict[str, Any]:
-    """The paper's metrics of the model and, from the true click probability, their Bayes ceiling."""
-    score, label, user, truth = e["score"], e["label"], e["user"], e["click_prob"]
-    cold = e["candidate_cold"].bool()
-    level = e["candidate_popularity_level"]
-    out: Dict[str, Any] = {
-        "samples": int(label.numel()),
-        "ctr": float(label.mean()),
-        "auc": metrics.auc(score, label),
-        "bayes_auc": metrics.auc(truth, label),
-        "user_auc": metrics.user_auc(score, label, user),
-        "bayes_user_auc": metrics.user_auc(truth, label, user),
-        "auc_by_popularity_level": metrics.auc_by_level(score, label, level),
-        "bayes_auc_by_popularity_level": metrics.auc_by_level(truth, label, level),
-    }
-    if bool(cold.any()):
-        out["cold_auc"] = metrics.auc(score[cold], label[cold])
-        out["bayes_cold_auc"] = metrics.auc(truth[cold], label[cold])
-        out["cold_recall"] = metrics.recall_at_n(score, label, user, recall_at, mask=cold)
-        out["bayes_cold_recall"] = metrics.recall_at_n(truth, label, user, recall_at, mask=cold)
-    return out
+def _all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (collective), so that all ranks stop together."""
+    ok = torch.isfinite(loss.detach()).all().reshape(1).to(torch.int32).cpu()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _non_finite_parameters(model: torch.nn.Module) -> List[str]:
+    bad = []
+    for name, value in model.state_dict().items():
+        tensors = value.local_shards() if hasattr(value, "local_shards") else [value]
+        for t in tensors:
+            t = getattr(t, "tensor", t)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad.append(name)
+                break
+    return bad
 
 
 # Settings that may change between a run and its resumption.
 _NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every", "stop_after")
 
 
-def _run_meta(cfg: TrainConfig, data_cfg: SyntheticTaobaoConfig) -> Dict[str, Any]:
+def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data_cfg: Any) -> Dict[str, Any]:
     """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
     run = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED}
-    return json.loads(json.dumps({"train": run, "data": asdict(data_cfg)}))
+    return json.loads(
+        json.dumps({"train": run, "model": asdict(model_cfg), "data": asdict(data_cfg)})
+    )
+
+
+def _prepare_metrics_file(path: str, step: int) -> None:
+    """Resuming at ``step``: keep the records up to it (later ones are rewritten, never
+    duplicated). Starting afresh: move an earlier run's file aside, never delete it."""
+    if not os.path.exists(path):
+        return
+    if step == 0:
+        kept = f"{path}.{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(path, kept)
+        print(f"an earlier run's {os.path.basename(path)} was moved to {kept}", flush=True)
+        return
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    with open(path, "w") as f:
+        for r in records:
+            if r.get("step", 0) <= step:
+                f.write(json.dumps(r) + "\n")
 
 
 def train(cfg: TrainConfig) -> Dict[str, Any]:
     """Trains and evaluates; returns the last evaluation's metrics (on every rank).
 
-    Writes ``metrics.jsonl`` (rank 0) and checkpoints under ``cfg.out_dir``.
+    Every batch is checked (:func:`marn_rec.validation.validate_batch`) before it moves to the
+    device. Writes ``metrics.jsonl``, ``metrics.png`` and ``sharding_plan.txt`` (rank 0) and
+    checkpoints under ``cfg.out_dir``.
+
+    Raises:
+        TrainingDiverged: non-finite loss or parameters, or an exploded CTR loss; the last good
+            checkpoint is kept.
+        CheckpointError: a checkpoint that cannot be resumed from.
     """
     rank, world, device = init_distributed()
     model_cfg = cfg.model_config()
     data_cfg = cfg.data_config(world)
     torch.manual_seed(cfg.seed)
 
-    model = MARNTrain(MARN(model_cfg, device=torch.device("meta")))
+    model = MARNTrain(
+        MARN(model_cfg, device=torch.device("meta"), validate=False), total_steps=cfg.steps
+    )
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
     optimizer = training_optimizer(dmp, lr=cfg.learning_rate)
@@ -210,27 +232,34 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     eval_loader = make_loader(data_cfg, model_cfg, "eval", rank, world, 0, cfg.dedup, source=source)
 
     ckpt_root = os.path.join(cfg.out_dir, "checkpoints")
-    meta = _run_meta(cfg, data_cfg)
+    meta = _run_meta(cfg, model_cfg, data_cfg)
     step = 0
-    latest = latest_checkpoint(ckpt_root)
-    if cfg.resume == "required" and latest is None:
-        raise CheckpointError(f"resume=required but {ckpt_root} has no complete checkpoint")
-    if cfg.resume == "never" and complete_checkpoints(ckpt_root):
-        raise CheckpointError(f"resume=never but {ckpt_root} has checkpoints of an earlier run")
-    if latest is not None and cfg.resume != "never":
+    latest = resume_point(ckpt_root, cfg.resume)
+    if latest is not None:
         step = load_checkpoint(latest, dmp, optimizer, train_loader, meta)
         if rank == 0:
             print(f"resumed from {latest} at step {step}", flush=True)
+    train_module = dmp.module  # MARNTrain, unwrapped: its schedule and logged losses
+    if int(train_module.step) != step:
+        raise CheckpointError(
+            f"{latest}: the model's schedule is at step {int(train_module.step)}, "
+            f"the checkpoint says {step}"
+        )
 
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:
-        if step == 0 and os.path.exists(metrics_path):
-            os.remove(metrics_path)
+        _prepare_metrics_file(metrics_path, step)
 
     def log(record: Dict[str, Any]) -> None:
         if rank == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def evaluate_now() -> Dict[str, Any]:
+        bad = _non_finite_parameters(dmp)
+        if bad:
+            raise TrainingDiverged(f"non-finite parameters after step {step}: {bad[:5]}")
+        return evaluate(dmp, iter(eval_loader), device, model_cfg, cfg.recall_at)
 
     last_eval: Dict[str, Any] = {}
     window: Dict[str, float] = {}
@@ -240,30 +269,39 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     dmp.train()
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.stop_after, cfg.steps)
     while step < last_step:
-        batch = next(batches).to(device)
-        lam = adversarial_lambda(step / max(cfg.steps - 1, 1), model_cfg.lambda0, model_cfg.gamma)
-        loss, (losses, _, _) = dmp(batch, lam)
+        batch = validate_batch(next(batches), model_cfg).to(device)
+        lam = float(train_module.adv_lambda())
+        loss, _ = dmp(batch)
+        if not _all_finite(loss):
+            raise TrainingDiverged(
+                f"non-finite loss at step {step + 1} (lambda {lam:.4g}); nothing of this step was "
+                f"applied; the last checkpoint in {ckpt_root} is intact"
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         step += 1
-        for k, v in losses.items():
+        logged = {**train_module.losses, **train_module.diagnostics}
+        for k, v in logged.items():
             window[k] = window.get(k, 0.0) + float(v)
         window_steps += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{float(losses['total']):.4f}", lam=f"{lam:.3f}")
+        bar.set_postfix(ctr_loss=f"{float(train_module.losses['ctr']):.4f}", lam=f"{lam:.3f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             elapsed = time.perf_counter() - window_start
+            means = {k: v / window_steps for k, v in window.items()}
             log({"step": step, "split": "train", "lambda": lam,
                  "samples_per_s": window_steps * cfg.batch_size * world / elapsed,
-                 **{k: v / window_steps for k, v in window.items()}})
-            dmp.eval()
-            last_eval = evaluation_metrics(predict(dmp, iter(eval_loader), device), cfg.recall_at)
-            dmp.train()
+                 **{(f"{k}_loss" if k in train_module.losses else k): v for k, v in means.items()}})
+            if means.get("ctr", 0.0) > DIVERGENCE_CTR_LOSS:
+                raise TrainingDiverged(
+                    f"CTR loss {means['ctr']:.4g} over steps {step - window_steps + 1}-{step} "
+                    f"(a constant predictor scores 0.69); lambda {lam:.4g}"
+                )
+            last_eval = evaluate_now()
             log({"step": step, "split": "eval", **last_eval})
             if rank == 0:
-                tqdm.write(f"step {step}: auc {last_eval['auc']:.4f} (bayes {last_eval['bayes_auc']:.4f}) "
-                           f"user_auc {last_eval['user_auc']:.4f} (bayes {last_eval['bayes_user_auc']:.4f})")
+                tqdm.write(_eval_line(step, last_eval))
             window, window_steps, window_start = {}, 0, time.perf_counter()
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == last_step:
             save_checkpoint(ckpt_root, step, dmp, optimizer, train_loader, meta)
@@ -273,8 +311,16 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if rank == 0:
             print(f"run already complete at step {step}; evaluating the restored model "
                   f"(new run: another --out-dir or --resume never)", flush=True)
-        dmp.eval()
-        last_eval = evaluation_metrics(predict(dmp, iter(eval_loader), device), cfg.recall_at)
+        last_eval = evaluate_now()
     if rank == 0 and last_eval:
         plot_training(metrics_path, os.path.join(cfg.out_dir, "metrics.png"))
     return last_eval
+
+
+def _eval_line(step: int, e: Dict[str, Any]) -> str:
+    parts = [f"step {step}:"]
+    for key in ("auc", "user_auc", "cold_auc"):
+        if key in e:
+            bayes = f" (bayes {e['bayes_' + key]:.4f})" if f"bayes_{key}" in e else ""
+            parts.append(f"{key} {e[key]:.4f}{bayes}")
+    return " ".join(parts)
