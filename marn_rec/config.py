@@ -240,3 +240,20 @@ def ablation(name: str, base: MARNConfig) -> MARNConfig:
             )
         changes["modalities"] = wanted
     return replace(base, tower=replace(base.tower, **changes), sequence=sequence)
+
+
+def config_from_dict(d: Dict[str, object]) -> MARNConfig:
+    """The inverse of ``dataclasses.asdict(config)`` (also after a JSON round trip, which turns
+    tuples into lists), e.g. to rebuild a model from a checkpoint's ``meta.json``."""
+    tower = dict(d["tower"])  # type: ignore[arg-type]
+    tower["id_features"] = tuple(IdFeature(**f) for f in tower.get("id_features", ()))
+    for key in ("title_windows", "statistic_buckets", "modalities"):
+        tower[key] = tuple(tower[key])
+    top = {k: v for k, v in d.items() if k not in ("tower", "behavior")}
+    for key in ("attention_mlp", "prediction_mlp"):
+        top[key] = tuple(top[key])  # type: ignore[arg-type]
+    return MARNConfig(
+        tower=ItemTowerConfig(**tower),
+        behavior=BehaviorConfig(**d["behavior"]),  # type: ignore[arg-type]
+        **top,  # type: ignore[arg-type]
+    )

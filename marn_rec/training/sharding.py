@@ -8,6 +8,7 @@ row-wise accumulator per column shard, a slightly different optimizer. Dense par
 ``torch.optim.Adagrad``.
 """
 
+import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import torch
@@ -154,9 +155,16 @@ def plan_sharding(
         sharding_types = CPU_SHARDING_TYPES
     world_size = dist.get_world_size(pg)
     constraints = sharding_constraints(model, sharding_types, world_size) if sharding_types else None
+    # torchrun's LOCAL_WORLD_SIZE: ranks per node, so that the planner's cost model tells intra-
+    # from inter-node communication on more than one node.
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if local_world_size <= 0 or world_size % local_world_size:
+        raise ValueError(
+            f"LOCAL_WORLD_SIZE={local_world_size} does not divide the world size {world_size}"
+        )
     planner = EmbeddingShardingPlanner(
         topology=Topology(
-            world_size=world_size, compute_device=compute_device, local_world_size=world_size
+            world_size=world_size, compute_device=compute_device, local_world_size=local_world_size
         ),
         batch_size=batch_size,
         constraints=constraints,
