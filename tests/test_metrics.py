@@ -2,6 +2,7 @@
 
 import itertools
 
+import pytest
 import torch
 
 from marn_rec.training.metrics import auc, auc_by_level, popularity_levels, recall_at_n, user_auc
@@ -54,3 +55,79 @@ def test_recall_at_n() -> None:
     assert r == {1: 0.25, 2: 0.25, 4: 1.0}
     only_user1 = recall_at_n(scores, labels, users, ns=(3,), mask=users == 1)
     assert only_user1 == {3: 1.0}
+
+
+def _nan_inputs():
+    g = torch.Generator().manual_seed(3)
+    users = torch.randint(0, 5, (40,), generator=g)
+    y = (torch.arange(40) % 2).float()
+    p = torch.rand(40, generator=g)
+    return p, y, users
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("metric", ["auc", "user_auc", "auc_by_level", "recall_at_n"])
+def test_non_finite_scores_are_refused(metric: str, bad: float) -> None:
+    p, y, users = _nan_inputs()
+    p[[3, 7, 11]] = bad
+    kind = "NaN" if bad != bad else "infinite"
+    name = "scores" if metric == "recall_at_n" else "predictions"
+    call = {
+        "auc": lambda: auc(p, y),
+        "user_auc": lambda: user_auc(p, y, users),
+        "auc_by_level": lambda: auc_by_level(p, y, users % 3, 3),
+        "recall_at_n": lambda: recall_at_n(p, y, users, ns=(1,)),
+    }[metric]
+    with pytest.raises(ValueError, match=rf"^{metric}: 3 of 40 {name} are not finite \(.*3 {kind}"):
+        call()
+
+
+def test_all_nan_scores_are_refused_not_scored() -> None:
+    p, y, users = _nan_inputs()
+    with pytest.raises(ValueError, match=r"auc: 40 of 40 predictions are not finite \(40 NaN, 0 infinite\)"):
+        auc(torch.full_like(p, float("nan")), y)
+
+
+@pytest.mark.parametrize("metric", ["auc", "user_auc", "auc_by_level", "recall_at_n"])
+def test_non_finite_labels_are_refused(metric: str) -> None:
+    p, y, users = _nan_inputs()
+    y[0] = float("nan")
+    call = {
+        "auc": lambda: auc(p, y),
+        "user_auc": lambda: user_auc(p, y, users),
+        "auc_by_level": lambda: auc_by_level(p, y, users % 3, 3),
+        "recall_at_n": lambda: recall_at_n(p, y, users, ns=(1,), mask=users > 0),
+    }[metric]
+    with pytest.raises(ValueError, match=rf"^{metric}: 1 of 40 labels are not finite"):
+        call()
+
+
+def test_non_finite_popularity_is_refused() -> None:
+    pop = torch.arange(10.0)
+    pop[2] = float("inf")
+    with pytest.raises(ValueError, match=r"popularity_levels: 1 of 10 popularity are not finite"):
+        popularity_levels(pop, 2)
+
+
+def test_tied_scores_count_one_half() -> None:
+    y = torch.tensor([0, 1, 1, 0, 1])
+    p = torch.tensor([1, 3, 2, 2, 5])
+    assert auc(p, y) == _brute_auc(p, y) == 11 / 12
+    y10 = (torch.arange(10) % 2).float()
+    assert auc(torch.ones(10), y10) == auc(torch.ones(10), y10.flip(0)) == 0.5
+    g = torch.Generator().manual_seed(4)
+    y = (torch.rand(500, generator=g) < 0.3).float()
+    p = torch.round((torch.rand(500, generator=g) + 0.3 * y) * 8) / 8  # many ties
+    assert abs(auc(p, y) - _brute_auc(p, y)) < 1e-12
+    perm = torch.randperm(500, generator=g)
+    assert abs(auc(p[perm], y[perm]) - auc(p, y)) < 1e-12
+
+
+def test_untied_scores_give_the_samples_auc_exactly() -> None:
+    from torchrec.metrics.auc import compute_auc
+
+    g = torch.Generator().manual_seed(5)
+    y = (torch.rand(1000, generator=g) < 0.3).float()
+    p = torch.rand(1000, generator=g) + 0.3 * y
+    raw = float(compute_auc(1, [p.double()[None]], [y.double()[None]], [torch.ones(1, 1000).double()])[0])
+    assert auc(p, y) == raw
