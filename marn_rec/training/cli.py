@@ -142,6 +142,9 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
                    help="stop after this step with a checkpoint, as a preemption would; the same "
                         "command without it resumes")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--data", dest="data_dir", default=d.data_dir, metavar="DIR",
+                   help="a prepared directory of real data (examples/prepare_*.py); without it, "
+                        "the synthetic Taobao-like stream")
     p.set_defaults(dedup=d.dedup, progress=d.progress)
     return p
 
@@ -184,6 +187,18 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
     return None
 
 
+def _check_prepared(cfg: TrainConfig) -> None:
+    """The prepared directory opens and fits the configured model (ValueError otherwise)."""
+    from marn_rec.data.prepared import PreparedDataset
+    from marn_rec.training.sources import model_config_for_manifest
+
+    try:
+        data = PreparedDataset(cfg.data_dir)
+    except (OSError, KeyError) as e:
+        raise ValueError(f"--data {cfg.data_dir}: not a prepared directory ({e})") from e
+    model_config_for_manifest(data.manifest, cfg.model_config())
+
+
 def parse_train_args(
     argv: Optional[Sequence[str]] = None,
     defaults: Optional[TrainConfig] = None,
@@ -205,7 +220,10 @@ def parse_train_args(
     base = defaults if defaults is not None else TrainConfig()
     try:
         cfg = TrainConfig(**{**{f.name: getattr(base, f.name) for f in fields(TrainConfig)}, **values})
-        cfg.data_config(world).check_fits(cfg.model_config())
+        if cfg.data_dir:
+            _check_prepared(cfg)
+        else:
+            cfg.data_config(world).check_fits(cfg.model_config())
     except ValueError as e:
         parser.error(str(e))
     problem = writable_dir_problem(cfg.out_dir)

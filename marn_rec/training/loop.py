@@ -23,7 +23,7 @@ from marn_rec.training.checkpoint import (
     save_checkpoint,
 )
 from marn_rec.config import PRESETS, MARNConfig, ablation
-from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig, make_loader
+from marn_rec.data import SyntheticTaobaoConfig
 from marn_rec.training.sharding import (
     apply_embedding_optimizer,
     plan_summary,
@@ -33,6 +33,7 @@ from marn_rec.training.sharding import (
 from marn_rec.models.marn import MARN, MARNTrain
 from marn_rec.training.evaluation import evaluate
 from marn_rec.training.plots import plot_training
+from marn_rec.training.sources import prepared_data, synthetic_data
 from marn_rec.validation import validate_batch
 
 
@@ -61,6 +62,8 @@ class TrainConfig:
         num_workers: data generator processes per rank.
         recall_at: N of the cold-item recall@N (Table 5).
         data_overrides: fields of :class:`SyntheticTaobaoConfig` to change.
+        data_dir: a prepared directory of real data (:mod:`marn_rec.data.prepare`) to train on
+            instead of the synthetic stream; its manifest sets the model's features.
         progress: show a tqdm bar on rank 0.
         stop_after: stop (with a checkpoint) after this many steps, as a preemption would; a later
             run with the same configuration resumes and finishes.
@@ -84,6 +87,7 @@ class TrainConfig:
     num_workers: int = 0
     recall_at: Tuple[int, ...] = (1, 3, 5)
     data_overrides: Dict[str, Any] = field(default_factory=dict)
+    data_dir: Optional[str] = None
     progress: bool = True
     stop_after: Optional[int] = None
 
@@ -172,12 +176,10 @@ def _non_finite_parameters(model: torch.nn.Module) -> List[str]:
 _NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every", "stop_after")
 
 
-def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data_cfg: Any) -> Dict[str, Any]:
+def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
     run = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED}
-    return json.loads(
-        json.dumps({"train": run, "model": asdict(model_cfg), "data": asdict(data_cfg)})
-    )
+    return json.loads(json.dumps({"train": run, "model": asdict(model_cfg), "data": data}))
 
 
 def _prepare_metrics_file(path: str, step: int) -> None:
@@ -211,9 +213,17 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         CheckpointError: a checkpoint that cannot be resumed from.
     """
     rank, world, device = init_distributed()
-    model_cfg = cfg.model_config()
-    data_cfg = cfg.data_config(world)
+    ckpt_root = os.path.join(cfg.out_dir, "checkpoints")
+    latest = resume_point(ckpt_root, cfg.resume)  # refuses before anything is built
     torch.manual_seed(cfg.seed)
+    base = cfg.model_config()
+    data = (
+        prepared_data(cfg, base, rank, world)
+        if cfg.data_dir
+        else synthetic_data(cfg, base, rank, world)
+    )
+    model_cfg = data.model_config
+    train_loader = data.train_loader
 
     model = MARNTrain(
         MARN(model_cfg, device=torch.device("meta"), validate=False), total_steps=cfg.steps
@@ -227,14 +237,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             f.write(str(dmp.plan) + "\n")
         print(f"sharding plan ({world} ranks, {device.type}):\n{plan_summary(dmp.plan)}", flush=True)
 
-    source = SyntheticTaobao(data_cfg)
-    train_loader = make_loader(data_cfg, model_cfg, "train", rank, world, cfg.num_workers, cfg.dedup, source=source)
-    eval_loader = make_loader(data_cfg, model_cfg, "eval", rank, world, 0, cfg.dedup, source=source)
-
-    ckpt_root = os.path.join(cfg.out_dir, "checkpoints")
-    meta = _run_meta(cfg, model_cfg, data_cfg)
+    meta = _run_meta(cfg, model_cfg, data.description)
     step = 0
-    latest = resume_point(ckpt_root, cfg.resume)
     if latest is not None:
         step = load_checkpoint(latest, dmp, optimizer, train_loader, meta)
         if rank == 0:
@@ -259,7 +263,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         bad = _non_finite_parameters(dmp)
         if bad:
             raise TrainingDiverged(f"non-finite parameters after step {step}: {bad[:5]}")
-        return evaluate(dmp, iter(eval_loader), device, model_cfg, cfg.recall_at)
+        return evaluate(dmp, data.eval_batches(), device, model_cfg, cfg.recall_at)
 
     last_eval: Dict[str, Any] = {}
     window: Dict[str, float] = {}
