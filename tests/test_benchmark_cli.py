@@ -14,7 +14,7 @@ from marn_rec.benchmarks.config import QUICK, RECORDS_DIR, QPSConfig, RunSpec
 from marn_rec.benchmarks.memory import MemoryModel
 from marn_rec.benchmarks.profiling import BUCKETS
 from marn_rec.benchmarks.qps import run_grouped
-from marn_rec.benchmarks.quiet import quiet_libraries
+from marn_rec.quiet import quiet_libraries
 
 
 def test_results_go_to_scratch_unless_update_records(capsys) -> None:

@@ -26,5 +26,5 @@ Modules: ``config`` (modes, options, one run), ``machine`` (machine facts, RSS r
 ``plans`` (sharding plans, embedding bytes per rank), ``memory`` (peak prediction against the
 memory free), ``profiling`` (step time by bucket), ``measure`` (one run in one process),
 ``launcher`` (spawned processes), ``qps`` (the sweep), ``goals`` (the issue's ratios), ``report``
-(markdown, PNG, files), ``apgru`` (APGRU vs nn.GRU), ``quiet`` (library chatter), ``cli``.
+(markdown, PNG, files), ``apgru`` (APGRU vs nn.GRU), ``cli``; library chatter is kept out by :mod:`marn_rec.quiet`.
 """

@@ -14,7 +14,7 @@ import torch
 
 from marn_rec.benchmarks.config import BASELINE, QPSConfig, RunSpec
 from marn_rec.benchmarks.measure import measure
-from marn_rec.benchmarks.quiet import quiet_libraries
+from marn_rec.quiet import quiet_libraries
 
 
 def worker(rank: int, world_size: int, port: int, specs_path: str, out_dir: str) -> None:

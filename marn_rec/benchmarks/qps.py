@@ -19,7 +19,7 @@ from marn_rec.benchmarks.measure import generate_batches
 from marn_rec.benchmarks.memory import MemoryModel, memory_budget
 from marn_rec.benchmarks.plans import baseline_embedding_bytes, make_plan, plan_bytes_per_rank, table_shapes
 from marn_rec.benchmarks.profiling import BUCKETS
-from marn_rec.benchmarks.quiet import quiet_libraries
+from marn_rec.quiet import quiet_libraries
 
 Log = Callable[[str], None]
 

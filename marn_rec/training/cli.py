@@ -11,11 +11,14 @@ same status, so the message appears once.
 """
 
 import argparse
+import json
 import math
 import os
 import sys
 from dataclasses import fields
-from typing import Any, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, List, NoReturn, Optional, Sequence
+
+import torch.distributed as dist
 
 from torchrec.distributed.types import ShardingType
 
@@ -203,6 +206,8 @@ def parse_train_args(
     argv: Optional[Sequence[str]] = None,
     defaults: Optional[TrainConfig] = None,
     description: Optional[str] = None,
+    before_checks: Optional[Callable[[argparse.Namespace], None]] = None,
+    require_data: bool = False,
 ) -> TrainConfig:
     """The :class:`TrainConfig` of ``argv`` (``sys.argv[1:]`` if None), every value checked
     (including that ``--out-dir`` can be created and written and that the data fits the model).
@@ -210,7 +215,11 @@ def parse_train_args(
     On a bad value: exit status 2 with one line on rank 0 (see the module docstring).
     """
     parser = train_parser(defaults, description)
+    if require_data:
+        parser._option_string_actions["--data"].required = True
     a = parser.parse_args(argv)
+    if before_checks is not None:
+        before_checks(a)
     world = launch_world_size()
     problem = train_args_problem(a, world)
     if problem:
@@ -232,12 +241,51 @@ def parse_train_args(
     return cfg
 
 
+def main(
+    argv: Optional[Sequence[str]] = None,
+    defaults: Optional[TrainConfig] = None,
+    description: Optional[str] = None,
+    before_checks: Optional[Callable[[argparse.Namespace], None]] = None,
+    require_data: bool = False,
+) -> int:
+    """The training command: parse and check ``argv``, train, print the last evaluation (rank 0).
+
+    ``before_checks`` runs on the parsed arguments before the values are checked (e.g. to prepare
+    the data directory that ``--data`` names). A :class:`CheckpointError` or
+    :class:`~marn_rec.training.loop.TrainingDiverged` (raised on every rank together) prints one
+    line and returns 1. ``require_data``: ``--data`` must be given.
+    """
+    from marn_rec.quiet import quiet_libraries
+    from marn_rec.training.checkpoint import CheckpointError
+    from marn_rec.training.loop import TrainingDiverged, train
+
+    cfg = parse_train_args(argv, defaults, description, before_checks, require_data)
+    with quiet_libraries():
+        try:
+            result = train(cfg)
+        except (CheckpointError, TrainingDiverged) as e:
+            if launch_rank() == 0:
+                print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            return 1
+    if dist.get_rank() == 0:
+        if result:
+            print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=1))
+        else:
+            print(f"stopped after step {cfg.stop_after} with a checkpoint in {cfg.out_dir}/checkpoints; "
+                  "the same command without --stop-after resumes")
+    dist.destroy_process_group()
+    return 0
+
+
 __all__: List[str] = [
     "CheckedArgumentParser",
     "HelpFormatter",
     "SHARDING_TYPES",
     "launch_rank",
     "launch_world_size",
+    "main",
     "parse_train_args",
     "train_args_problem",
     "train_parser",

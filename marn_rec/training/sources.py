@@ -128,7 +128,7 @@ def synthetic_data(cfg: Any, model_cfg: MARNConfig, rank: int, world: int) -> Tr
 def prepared_data(cfg: Any, base: MARNConfig, rank: int, world: int) -> TrainingData:
     """A prepared directory ``cfg.data_dir``: ``cfg.steps`` training batches of this rank (over
     as many epochs as that takes) and the whole test split for evaluation."""
-    from marn_rec.data.prepared import PreparedBatchDataset, PreparedDataset, _single_thread_worker
+    from marn_rec.data.prepared import PreparedBatchDataset, PreparedDataset, single_thread_worker
 
     data = PreparedDataset(cfg.data_dir)
     model_cfg = model_config_for_manifest(data.manifest, base)
@@ -141,7 +141,7 @@ def prepared_data(cfg: Any, base: MARNConfig, rank: int, world: int) -> Training
         batch_size=None,
         shuffle=False,
         num_workers=cfg.num_workers,
-        worker_init_fn=_single_thread_worker if cfg.num_workers > 0 else None,
+        worker_init_fn=single_thread_worker if cfg.num_workers > 0 else None,
     )
     test = PreparedBatchDataset(data, "test", rank, world, cfg.batch_size, None, cfg.dedup)
     description = {

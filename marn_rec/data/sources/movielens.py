@@ -28,7 +28,7 @@ import re
 import subprocess
 import sys
 import zipfile
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -419,3 +419,28 @@ def convert_movielens(
             raise ValueError("source='grouplens' needs path: ml-100k.zip or its folder")
         return convert_grouplens_ml100k(path, out_dir, errors=errors, verbose=verbose, validate=validate)
     raise ValueError(f"source must be 'recbole' or 'grouplens', not {source!r}")
+
+
+def prepared_movielens(out: str, cache_dir: Optional[str] = None, **prepare_options: Any) -> str:
+    """``OUT/prepared``: MovieLens-100K from the recbole wheel, converted and prepared once.
+
+    Safe to call from every rank of a job at once: a file lock lets one process prepare while the
+    others wait, and a directory that already holds a manifest is used as it is (delete it to
+    prepare again with other options).
+
+    Args:
+        prepare_options: fields of :class:`marn_rec.data.prepare.PrepareConfig`.
+    """
+    import fcntl
+
+    from marn_rec.data.prepare import PrepareConfig, prepare
+    from marn_rec.data.prepare import layout
+
+    raw, prepared = os.path.join(out, "raw"), os.path.join(out, "prepared")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ".prepare.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(prepared, layout.MANIFEST)):
+            summary = convert_movielens(raw, "recbole", None, cache_dir)
+            prepare(raw, prepared, PrepareConfig(source=summary.source, **prepare_options))
+    return prepared

@@ -1,6 +1,7 @@
-"""Keeps library chatter out of a benchmark's output: the profiler's start/stop markers, and the
-torch/TorchRec warnings and log lines raised by calls the benchmark makes on purpose (each once
-per process, so once per rank), which say nothing about the figures. Anything else still shows."""
+"""Keeps library chatter out of the output of training, benchmarks and serving: the profiler's
+start/stop markers, and the torch/TorchRec warnings and log lines raised by calls marn_rec makes on
+purpose (each once per process, so once per rank), which say nothing about the run. Anything else
+still shows."""
 
 import contextlib
 import logging
