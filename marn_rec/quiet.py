@@ -18,6 +18,8 @@ WARNINGS: Tuple[Tuple[type, str], ...] = (
     (FutureWarning, r"`broadcast_buffers` is deprecated"),
     # The baseline's sparse AdaGrad: torch asks to opt in or out of checks that are off by default.
     (UserWarning, r"Sparse invariant checks are implicitly disabled"),
+    # torchdata 0.11's StatefulDataLoader calls a deprecated torch API on every construction.
+    (UserWarning, r"'set_vital' is deprecated"),
 )
 
 # Logger name -> starts of the messages dropped on that logger (its other messages still show).
