@@ -42,6 +42,33 @@ class ItemFeatures:
     image: Optional[torch.Tensor] = None
     sparse_lengths: Dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # IDs and lengths are converted with .long(): a float (3.7) or bool would become another
+        # ID without a word, so only integer tensors are accepted. Ranges are checked by
+        # marn_rec.validation against the tables.
+        if not isinstance(self.sparse, dict):
+            raise ValueError(
+                f"sparse: expected a dict of tensors, got {type(self.sparse).__name__}"
+            )
+        if not isinstance(self.sparse_lengths, dict):
+            raise ValueError(
+                "sparse_lengths: expected a dict of tensors, got "
+                f"{type(self.sparse_lengths).__name__}"
+            )
+        for name, t in self.sparse.items():
+            _check_integer_1d(f"sparse[{name!r}]", t)
+        for name, t in self.sparse_lengths.items():
+            if name not in self.sparse:
+                raise ValueError(f"sparse_lengths[{name!r}]: no such feature in sparse")
+            _check_integer_1d(f"sparse_lengths[{name!r}]", t)
+        if (self.title_values is None) != (self.title_lengths is None):
+            raise ValueError("title_values, title_lengths: give both or neither")
+        if self.title_values is not None:
+            _check_integer_1d("title_values", self.title_values)
+            _check_integer_1d("title_lengths", self.title_lengths)
+        if self.image is not None and not isinstance(self.image, torch.Tensor):
+            raise ValueError(f"image: expected a torch.Tensor, got {type(self.image).__name__}")
+
     def sparse_kjt(self) -> KeyedJaggedTensor:
         """``item_sparse``: one value per item, or ``sparse_lengths[name]`` values for the
         multi-valued features named there."""
@@ -141,13 +168,34 @@ def single_value_kjt(features: Dict[str, torch.Tensor]) -> KeyedJaggedTensor:
     return ItemFeatures(sparse=features).sparse_kjt()
 
 
-def _check_ids(name: str, t: torch.Tensor) -> torch.Tensor:
+def _check_integer_1d(name: str, t: object) -> None:
+    """``t`` is a 1-d tensor of an integer dtype (not bool)."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer values, got {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name}: expected a 1-d tensor, got shape {list(t.shape)}")
+
+
+def _check_ids(name: str, t: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
     # A float ID (3.7) would be truncated to another item without a word.
     if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int32, torch.int64):
         raise ValueError(
             f"{name}: expected an int32 or int64 tensor, got {getattr(t, 'dtype', type(t).__name__)}"
         )
+    if t.device.type == "meta" or t.layout != torch.strided or t.is_nested:
+        raise ValueError(f"{name}: expected a dense tensor holding values")
+    if t.dim() != 1:
+        raise ValueError(f"{name}: expected a 1-d tensor, got shape {list(t.shape)}")
+    if size is not None and t.numel() != size:
+        raise ValueError(f"{name}: expected {size} entries, got {t.numel()}")
     return t.long()
+
+
+def _check_non_negative(name: str, t: torch.Tensor, what: str) -> None:
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError(f"{name}: negative {what} {int(t.min())}")
 
 
 def build_batch(
@@ -174,23 +222,61 @@ def build_batch(
         item_features: looks up :class:`ItemFeatures` for a 1-d tensor of item IDs.
         dedup: one row per unique item (True) or one row per slot (False).
 
+    Raises:
+        ValueError: on inputs that would otherwise be converted into other valid-looking values:
+            IDs, lengths, behaviour properties or user IDs that are not 1-d int32 / int64 tensors
+            (a float ID would be truncated), negative item IDs (they would index the catalogue from
+            its end), history lengths that do not add up to the history items, behaviour types or
+            times not one per history item, labels not a real [B] tensor, ``meta`` not a dict,
+            ``item_features`` not returning :class:`ItemFeatures`. Ranges against the tables are
+            checked by :func:`marn_rec.validation.validate_batch`.
+
     Example::
 
         batch = build_batch(cands, hist, lengths, types, times, labels, catalog.features)
         out = model(**batch.model_inputs())
     """
     candidate_items = _check_ids("candidate_items", candidate_items)
+    b = candidate_items.numel()
     history_items = _check_ids("history_items", history_items)
-    history_lengths = _check_ids("history_lengths", history_lengths)
-    behavior_types = _check_ids("behavior_types", behavior_types)
-    behavior_time_buckets = _check_ids("behavior_time_buckets", behavior_time_buckets)
+    n = history_items.numel()
+    history_lengths = _check_ids("history_lengths", history_lengths, b)
+    behavior_types = _check_ids("behavior_types", behavior_types, n)
+    behavior_time_buckets = _check_ids("behavior_time_buckets", behavior_time_buckets, n)
+    # Item features are looked up by ID: a negative one would index from the end of a table.
+    _check_non_negative("candidate_items", candidate_items, "item id")
+    _check_non_negative("history_items", history_items, "item id")
+    _check_non_negative("history_lengths", history_lengths, "length")
+    # Bounded before summing (no int64 wrap-around).
+    if history_lengths.numel() and int(history_lengths.max()) > n:
+        raise ValueError(
+            f"history_lengths: a length of {int(history_lengths.max())} exceeds the {n} "
+            "history items"
+        )
+    if int(history_lengths.sum()) != n:
+        raise ValueError(
+            f"history_lengths: add up to {int(history_lengths.sum())} but there are {n} "
+            "history items"
+        )
+    if not isinstance(labels, torch.Tensor) or labels.is_complex():
+        got = getattr(labels, "dtype", type(labels).__name__)
+        raise ValueError(f"labels: expected a real tensor, got {got}")
+    if labels.dim() != 1 or labels.numel() != b:
+        raise ValueError(f"labels: expected shape [{b}], got {list(labels.shape)}")
+    if user_ids is not None:
+        user_ids = _check_ids("user_ids", user_ids, b)
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"meta: expected a dict of tensors, got {type(meta).__name__}")
     all_items = torch.cat([candidate_items, history_items])
     if dedup:
         unique, inverse = torch.unique(all_items, return_inverse=True)
     else:
         unique, inverse = all_items, torch.arange(all_items.numel())
-    b = candidate_items.numel()
     feats = item_features(unique)
+    if not isinstance(feats, ItemFeatures):
+        raise ValueError(
+            f"item_features: expected it to return ItemFeatures, got {type(feats).__name__}"
+        )
     title = None
     if feats.title_values is not None and feats.title_lengths is not None:
         title = KeyedJaggedTensor(
@@ -211,6 +297,6 @@ def build_batch(
             {BEHAVIOR_TYPE: behavior_types, BEHAVIOR_TIME: behavior_time_buckets}
         ),
         labels=labels.float(),
-        user_ids=user_ids.long() if user_ids is not None else torch.zeros(b, dtype=torch.long),
+        user_ids=user_ids if user_ids is not None else torch.zeros(b, dtype=torch.long),
         meta=dict(meta or {}),
     )

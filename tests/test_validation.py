@@ -118,7 +118,7 @@ CASES = {
         lambda b: replace(b, history_property=KeyedJaggedTensor(
             keys=b.history_property.keys(), values=b.history_property.values()[:-2],
             lengths=torch.ones(b.history_property.values().numel() - 2, dtype=torch.long))),
-        r"history_property: batch size \d+ does not match the \d+ items",
+        r"history_property: batch size \d+ does not match the \d+ behaviours",
     ),
     "labels out of range": (
         lambda b: replace(b, labels=b.labels + 2.0),
@@ -181,3 +181,193 @@ def test_standalone_tower_validates_its_inputs() -> None:
     bad = _edit_kjt(b.item_sparse, "brand_id", _set_first(CFG.tower.num_brands))
     with pytest.raises(ValueError, match="feature 'brand_id' has id 5 out of range"):
         MARNTower(CFG.tower)(bad, b.item_title, b.item_image)
+
+
+# Gaps closed after the validator's rewrite (found by marn_rec.fuzzing; tests/test_fuzz.py runs
+# every kind): derived values a KJT carries, tensor layouts, meta, and zero items. On the rewrite
+# these passed validation and then crashed inside TorchRec, misread features or raised other
+# exceptions than ValueError.
+
+
+def _rebuilt(kjt: KeyedJaggedTensor, **kwargs) -> KeyedJaggedTensor:
+    args = dict(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths())
+    args.update(kwargs)
+    return KeyedJaggedTensor(**args)
+
+
+def _swapped_to_dict(kjt: KeyedJaggedTensor) -> KeyedJaggedTensor:
+    d = _rebuilt(kjt).to_dict()
+    d["item_id"], d["shop_id"] = d["shop_id"], d["item_id"]
+    return _rebuilt(kjt, jt_dict=d)
+
+
+GAP_CASES = {
+    "declared batch size": (
+        lambda b: replace(b, item_title=_rebuilt(b.item_title, stride=b.item_title.stride() + 1)),
+        r"item_title: declares batch size \d+ but its lengths give \d+ per feature",
+    ),
+    "declared length per key": (
+        lambda b: replace(b, history_property=_rebuilt(
+            b.history_property,
+            length_per_key=[n + d for n, d in zip(b.history_property.length_per_key(), (1, -1))])),
+        r"history_property: length per key \[\d+, \d+\] does not match its lengths",
+    ),
+    "to_dict cache of other features": (
+        lambda b: replace(b, item_sparse=_swapped_to_dict(b.item_sparse)),
+        r"item_sparse: feature 'item_id' of its per-feature views \(to_dict\(\)\) does not match",
+    ),
+    "per-value weights": (
+        lambda b: replace(b, item_sparse=_rebuilt(
+            b.item_sparse, weights=torch.ones(b.item_sparse.values().numel()))),
+        r"item_sparse: has per-value weights, which the model's tables do not read",
+    ),
+    "inverse indices": (
+        lambda b: replace(b, item_title=_rebuilt(
+            b.item_title, inverse_indices=(["title_words"], torch.zeros(1, 3, dtype=torch.long)))),
+        r"item_title: inverse indices \(variable batch size\) are not supported",
+    ),
+    "neither lengths nor offsets": (
+        lambda b: replace(b, item_title=KeyedJaggedTensor(
+            keys=b.item_title.keys(), values=b.item_title.values())),
+        r"item_title: has neither lengths nor offsets",
+    ),
+    "sparse image": (
+        lambda b: replace(b, item_image=b.item_image.to_sparse()),
+        r"item_image: has layout torch.sparse_coo; expected a dense \(strided\) tensor",
+    ),
+    "meta not a dict": (
+        lambda b: replace(b, meta=None),
+        r"meta: expected a dict of tensors, got NoneType",
+    ),
+}
+GAP_BATCH_ONLY = {"meta not a dict"}
+
+
+@pytest.mark.parametrize("case", list(GAP_CASES))
+def test_gaps_closed_after_the_rewrite(case: str) -> None:
+    edit, message = GAP_CASES[case]
+    bad = edit(_batch())
+    with pytest.raises(ValueError, match=message):
+        validate_batch(bad, CFG)
+    if case not in GAP_BATCH_ONLY:
+        with pytest.raises(ValueError, match=message):
+            MARN(CFG)(**bad.model_inputs())
+
+
+def test_consistent_derived_values_and_views_are_accepted() -> None:
+    b = _batch()
+    sparse = _rebuilt(b.item_sparse, stride=b.item_sparse.stride(),
+                      length_per_key=b.item_sparse.length_per_key())
+    sparse.to_dict()  # a cached per-feature view that matches
+    title = KeyedJaggedTensor(  # offsets only, values a non-contiguous view
+        keys=b.item_title.keys(),
+        values=torch.stack([b.item_title.values()] * 2, dim=1)[:, 0],
+        offsets=b.item_title.offsets(),
+    )
+    same = replace(b, item_sparse=sparse, item_title=title, history_lengths=b.history_lengths.int())
+    model = MARN(CFG)
+    torch.testing.assert_close(
+        model(**validate_batch(same, CFG).model_inputs()).logits,
+        model(**b.model_inputs()).logits, rtol=0, atol=0,
+    )
+
+
+def test_tower_rejects_zero_items() -> None:
+    from marn_rec.models.tower import MARNTower
+
+    b = _batch()
+    empty = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"items: none \(U = 0\)"):
+        MARNTower(CFG.tower)(
+            KeyedJaggedTensor(keys=b.item_sparse.keys(), values=empty, lengths=empty),
+            KeyedJaggedTensor(keys=["title_words"], values=empty, lengths=empty),
+            b.item_image[:0],
+        )
+
+
+def _build_args() -> dict:
+    from marn_rec.testing import RandomCatalog
+
+    return dict(
+        candidate_items=torch.tensor([1, 2, 3]),
+        history_items=torch.tensor([4, 5, 6]),
+        history_lengths=torch.tensor([2, 0, 1]),
+        behavior_types=torch.tensor([0, 1, 0]),
+        behavior_time_buckets=torch.tensor([0, 3, 1]),
+        labels=torch.tensor([1.0, 0.0, 1.0]),
+        item_features=RandomCatalog(CFG).features,
+        user_ids=torch.tensor([7, 7, 9]),
+    )
+
+
+def _float_title(lookup):
+    def features(ids):
+        f = lookup(ids)
+        return replace_features(f, title_values=f.title_values.double() + 0.7)
+
+    return features
+
+
+def replace_features(f, **changes):
+    from marn_rec.batch import ItemFeatures
+
+    values = dict(sparse=f.sparse, title_values=f.title_values, title_lengths=f.title_lengths,
+                  image=f.image, sparse_lengths=f.sparse_lengths)
+    values.update(changes)
+    return ItemFeatures(**values)
+
+
+# build_batch converts IDs with .long() and looks item features up by ID: inputs it would turn
+# into other valid-looking values are rejected there (validate_batch only sees row indices).
+BUILD_CASES = {
+    "float user ids": (
+        lambda a: dict(a, user_ids=a["user_ids"].double() + 0.7),
+        r"user_ids: expected an int32 or int64 tensor, got torch.float64",
+    ),
+    "negative item id": (
+        lambda a: dict(a, history_items=torch.tensor([4, -1, 6])),
+        r"history_items: negative item id -1",
+    ),
+    "behaviour without type": (  # used to take the placeholder's type and time
+        lambda a: dict(a, candidate_items=a["candidate_items"][:1], labels=a["labels"][:1],
+                       user_ids=a["user_ids"][:1], history_items=torch.tensor([4]),
+                       history_lengths=torch.tensor([1]),
+                       behavior_types=torch.tensor([], dtype=torch.long),
+                       behavior_time_buckets=torch.tensor([], dtype=torch.long)),
+        r"behavior_types: expected 1 entries, got 0",
+    ),
+    "lengths that do not add up": (
+        lambda a: dict(a, history_lengths=torch.tensor([2, 1, 1])),
+        r"history_lengths: add up to 4 but there are 3 history items",
+    ),
+    "float title words from the catalogue": (
+        lambda a: dict(a, item_features=_float_title(a["item_features"])),
+        r"title_values: expected integer values, got torch.float64",
+    ),
+    "complex labels": (
+        lambda a: dict(a, labels=a["labels"].to(torch.complex64)),
+        r"labels: expected a real tensor, got torch.complex64",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BUILD_CASES))
+def test_build_batch_rejects_what_it_would_convert_silently(case: str) -> None:
+    from marn_rec.batch import build_batch
+
+    edit, message = BUILD_CASES[case]
+    build_batch(**_build_args())  # the unedited arguments build
+    with pytest.raises(ValueError, match=message):
+        build_batch(**edit(_build_args()))
+
+
+def test_inputs_on_two_devices_are_rejected() -> None:
+    # No second real device here: the check itself, on CPU and meta tensors (meta inputs are
+    # rejected earlier, for holding no values).
+    from marn_rec.validation import _check_one_device
+
+    _check_one_device({"a": torch.zeros(1), "b": None, "c": torch.zeros(2)})
+    with pytest.raises(ValueError, match=r"item_image: is on meta but candidate_index is on cpu"):
+        _check_one_device(
+            {"candidate_index": torch.zeros(1), "item_image": torch.zeros(1, device="meta")}
+        )
