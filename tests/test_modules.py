@@ -24,6 +24,8 @@ def test_per_modality_linear_is_one_linear_per_slot() -> None:
 
 def test_maf_is_eq_2_and_3() -> None:
     maf = MultimodalAttentionFusion(3, 4)
+    torch.nn.init.normal_(maf.attention.weight)  # away from the CONC-like initialisation
+    torch.nn.init.normal_(maf.attention.bias)
     s = torch.randn(5, 3, 4)
     expected = sum(
         torch.tanh(s[:, m] @ maf.attention.weight[m] + maf.attention.bias[m]) * s[:, m]
@@ -36,7 +38,7 @@ def test_maf_is_eq_2_and_3() -> None:
 def test_title_cnn_is_kim_cnn() -> None:
     cnn = TitleCNN(word_dim=3, windows=(2, 3, 4), filters=2)
     words = torch.randn(4, 6, 3)
-    out = cnn(words)
+    out = cnn(words, torch.full((4,), 6))  # full-length titles: every window counts
     assert out.shape == (4, 6)
     for i, conv in enumerate(cnn.convs):
         w = conv.kernel_size[0]
@@ -53,7 +55,7 @@ def test_tower_output_and_losses() -> None:
     b = random_batch(cfg, 4)
     out = tower(b.item_sparse, b.item_title, b.item_image)
     assert out.representation.shape == (b.num_unique_items, cfg.tower.hidden_dim)
-    assert set(out.losses) == {"d0", "adv", "ds"}
+    assert set(out.losses) == {"d0", "d1", "adv", "ds"}
     assert out.modality_weights.shape == (b.num_unique_items, 4)
     assert ((out.modality_weights >= 0) & (out.modality_weights <= 1)).all()
 

@@ -136,7 +136,7 @@ def test_tower_in_user_item_model_learns_toy_task() -> None:
         optimizer.zero_grad()
         history.append({k: v.item() for k, v in losses.items()})
 
-    assert set(history[0]) == {"ctr", "d0", "ds", "adv", "total"}  # DDMA's losses are trained
+    assert set(history[0]) == {"ctr", "d0", "d1", "ds", "adv", "total"}  # DDMA's losses are trained
     assert all(math.isfinite(v) for h in history for v in h.values())
     first, last = history[0]["ctr"], history[-1]["ctr"]
     assert first > 0.6  # about ln 2 at the start
@@ -277,7 +277,7 @@ def test_tower_in_user_item_model_shards_with_default_sharders(
         }
         assert all(result["checks"].values()), result["checks"]
         assert result["unsharded_left"] == []
-        assert result["aux_keys"] == ["adv", "d0", "ds"]
+        assert result["aux_keys"] == ["adv", "d0", "d1", "ds"]
         assert result["logit_diff"] < 1e-6
         assert result["aux_diff"] < 1e-6
         assert math.isfinite(result["loss"])

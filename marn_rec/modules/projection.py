@@ -13,6 +13,10 @@ class PerModalityLinear(nn.Module):
         num_modalities (int): M.
         in_features (int): input size of every slot.
         out_features (int): output size of every slot.
+        bias_init (float | None): None: ``nn.Linear``'s default initialisation, slot by slot. A
+            number: every weight 0 and every bias entry this value, so that each map starts as
+            that constant (MAF's attention starts as CONC this way, see
+            :class:`marn_rec.modules.maf.MultimodalAttentionFusion`).
         device (torch.device | None): parameter device.
 
     Example::
@@ -26,9 +30,11 @@ class PerModalityLinear(nn.Module):
         num_modalities: int,
         in_features: int,
         out_features: int,
+        bias_init: float | None = None,
         device: torch.device | None = None,
     ) -> None:
         super().__init__()
+        self.bias_init = bias_init
         self.weight = nn.Parameter(
             torch.empty(num_modalities, in_features, out_features, device=device)
         )
@@ -36,6 +42,12 @@ class PerModalityLinear(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        # DistributedModelParallel calls this on the module that owns meta-device parameters, so
+        # the initialisation lives here (not in a parent module).
+        if self.bias_init is not None:
+            nn.init.zeros_(self.weight)
+            nn.init.constant_(self.bias, self.bias_init)
+            return
         # nn.Linear's default initialisation, slot by slot.
         bound = 1.0 / math.sqrt(self.weight.shape[1])
         nn.init.uniform_(self.weight, -bound, bound)

@@ -38,7 +38,7 @@ def plot_training(metrics_path: str, png_path: str) -> None:
     left.set_title("evaluation (dashed: Bayes-optimal)" if "bayes_auc" in last else "evaluation")
     left.legend(fontsize=8)
     train_steps = [r["step"] for r in trains]
-    for key in ("ctr_loss", "d0_loss", "adv_loss", "ds_loss", "s_rms", "c_rms", "w_mean"):
+    for key in ("ctr_loss", "d0_loss", "d1_loss", "ds_loss", "s_rms", "c_rms", "w_mean"):
         if trains and all(key in r for r in trains):
             middle.plot(train_steps, [r[key] for r in trains], ".-", label=key)
     middle.set_xlabel("step")
