@@ -31,10 +31,7 @@ def _ints(text: str) -> List[int]:
 def _quiet() -> Iterator[None]:
     """Library chatter off (:func:`marn_rec.quiet.quiet_libraries`, plus warnings that
     torch, TorchRec and torchdata raise about their own calls), restored afterwards."""
-    try:
-        from marn_rec.quiet import quiet_libraries
-    except ImportError:  # its location before the move out of marn_rec.benchmarks
-        from marn_rec.benchmarks.quiet import quiet_libraries  # type: ignore[no-redef]
+    from marn_rec.quiet import quiet_libraries
 
     with quiet_libraries(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*is_fx_tracing.*")
