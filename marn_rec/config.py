@@ -83,6 +83,10 @@ class ItemTowerConfig:
     modalities: Tuple[str, ...] = ALL_MODALITIES
     fusion: str = "maf"
     adversarial: str = "ddma"
+    # Storage of the item tower's tables (IDs, statistics, title words): "fp32", or "fp16" to hold
+    # twice the rows per byte (not in the paper). Lookups still return fp32 (FBGEMM's output
+    # dtype, TorchRec's unsharded collections cast), so the dense towers are unchanged.
+    table_dtype: str = "fp32"
 
     def item_id_features(self) -> Tuple[IdFeature, ...]:
         """The item's ID features: ``id_features`` if given, else Taobao's item, shop, brand and
@@ -113,13 +117,15 @@ class ItemTowerConfig:
             raise ValueError("an adversarial network needs at least two modalities to discriminate")
         if max(self.title_windows) > self.title_length:
             raise ValueError("title_length must be at least the widest title window")
+        if self.table_dtype not in ("fp32", "fp16"):
+            raise ValueError(f"table_dtype must be fp32 or fp16, got {self.table_dtype!r}")
 
 
 @dataclass(frozen=True)
 class BehaviorConfig:
     """Behaviour sequence and its property embedding (3.1.2)."""
 
-    max_length: int = 50  # T; DESIGN.md: Taobao sequences of about 50 behaviours.
+    max_length: int = 50  # T; docs/design.md: Taobao sequences of about 50 behaviours.
     num_behavior_types: int = 3  # click, add-to-cart, purchase
     behavior_type_dim: int = 8  # not in the paper
     # Seconds since the behaviour, discretised on a log scale (a statistic feature, 3.1.2).
