@@ -9,7 +9,7 @@ the batch's unique items (see :mod:`marn_rec.batch`).
 from typing import List
 
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 
 from marn_rec.config import BehaviorConfig, ItemTowerConfig
 
@@ -44,6 +44,16 @@ def id_feature_names(config: ItemTowerConfig) -> List[str]:
     return [f.name for f in config.item_id_features()]
 
 
+_TABLE_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+TABLE_DTYPES = tuple(_TABLE_DATA_TYPES)  # the values of ItemTowerConfig.table_dtype
+
+
+def table_data_type(config: ItemTowerConfig) -> DataType:
+    """TorchRec's storage type of the item tower's tables (``config.table_dtype``). FBGEMM keeps
+    fp16 weights with an fp32 output and an fp32 row-wise AdaGrad state."""
+    return _TABLE_DATA_TYPES[config.table_dtype]
+
+
 def id_tables(config: ItemTowerConfig) -> List[EmbeddingBagConfig]:
     """Eq. 1: one table per ID feature; multi-valued features are mean-pooled."""
     return [
@@ -53,6 +63,7 @@ def id_tables(config: ItemTowerConfig) -> List[EmbeddingBagConfig]:
             num_embeddings=f.num_embeddings,
             feature_names=[f.name],
             pooling=PoolingType.MEAN if f.multi_valued else PoolingType.SUM,
+            data_type=table_data_type(config),
         )
         for f in config.item_id_features()
     ]
@@ -66,6 +77,7 @@ def statistic_tables(config: ItemTowerConfig) -> List[EmbeddingBagConfig]:
             embedding_dim=config.statistic_dim,
             num_embeddings=b,
             feature_names=[statistic_feature(s, b)],
+            data_type=table_data_type(config),
         )
         for s in range(config.num_statistics)
         for b in config.statistic_buckets
@@ -78,6 +90,7 @@ def title_table(config: ItemTowerConfig) -> EmbeddingConfig:
         embedding_dim=config.word_dim,
         num_embeddings=config.title_vocab_size,
         feature_names=[TITLE_WORDS],
+        data_type=table_data_type(config),
     )
 
 

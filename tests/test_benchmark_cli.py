@@ -84,18 +84,70 @@ def test_qps_quick_end_to_end(tmp_path, capsys) -> None:
         "ratio per-rank embedding memory / (total/N) [column_wise",
     ):
         assert any(line.startswith(prefix) for line in out.splitlines()), prefix
+    assert any(line.startswith("ratio pipelined sharded/baseline samples/s at fixed compute [column_wise")
+               for line in out.splitlines())
+    assert any(line.startswith("ratio step time / compute floor [baseline") for line in out.splitlines())
+    assert "compute floor (B=16" in out and "whole step" in out
     results = json.loads((tmp_path / "qps.json").read_text())
-    assert [(r["mode"], r["dedup"], r["status"]) for r in results["runs"]] == [
-        ("baseline", True, "ok"), ("column_wise", True, "ok"),
-        ("baseline", False, "ok"), ("column_wise", False, "ok"),
+    assert [(r["mode"], r["dedup"], r["pipeline"], r["status"]) for r in results["runs"]] == [
+        ("baseline", True, False, "ok"), ("column_wise", True, False, "ok"), ("column_wise", True, True, "ok"),
+        ("baseline", False, False, "ok"), ("column_wise", False, False, "ok"), ("column_wise", False, True, "ok"),
     ]
     for r in results["runs"]:
         assert r["global_samples_per_s"] > 0
         # The live modules hold exactly what the plan says, rank by rank.
         assert r["embedding_measured_per_process"] == r["embedding_planned_per_process"]
         assert set(r["profile_ms_per_step"]) == set(BUCKETS)
-    assert (tmp_path / "qps.md").read_text().startswith("## ")
+    # The floor is measured once: in the baseline run of the smallest size, dedup on.
+    assert [("floor" in r) for r in results["runs"]] == [True, False, False, False, False, False]
+    md = (tmp_path / "qps.md").read_text()
+    assert md.startswith("## ") and "column_wise+pipeline" in md and "| whole step |" in md
     assert os.path.getsize(tmp_path / "qps.png") > 0
+
+
+@pytest.mark.distributed
+def test_qps_fp16_tables_hold_more_items_per_byte(tmp_path, capsys) -> None:
+    """``--table-dtype fp32,fp16``: both sharded runs train; the fp16 tables hold about half the
+    bytes of weights (the row-wise AdaGrad state stays one fp32 per row), measured = planned."""
+    argv = ["--quick", "--sharding-types", "column_wise", "--pipeline", "off", "--no-baseline",
+            "--dedup", "on", "--table-dtype", "fp32,fp16", "--out-dir", str(tmp_path)]
+    assert cli.qps_main(argv) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "qps.json").read_text())
+    runs = {r["table_dtype"]: r for r in results["runs"]}
+    assert set(runs) == {"fp32", "fp16"} and all(r["status"] == "ok" for r in runs.values())
+    for r in runs.values():
+        assert r["embedding_measured_per_process"] == r["embedding_planned_per_process"]
+    weights = {d: sum(e["weights"] for e in r["embedding_measured_per_process"]) for d, r in runs.items()}
+    optimizer = {d: sum(e["optimizer"] for e in r["embedding_measured_per_process"]) for d, r in runs.items()}
+    assert optimizer["fp16"] == optimizer["fp32"]
+    assert 0.5 <= weights["fp16"] / weights["fp32"] < 0.52  # the tiny fp32 property tables stay fp32
+    assert any(line.startswith("ratio fp16/fp32 catalogue items per GiB") for line in out.splitlines())
+
+
+def test_flags_of_speed_and_scale() -> None:
+    p = cli.qps_parser()
+    cfg = cli.qps_config_from_args(p.parse_args([]), [])
+    assert cfg.pipeline == [False, True] and cfg.table_dtypes == ["fp32"] and cfg.floor and not cfg.floor_only
+    argv = ["--pipeline", "on", "--table-dtype", "fp16", "--memory-budget-gib", "6", "--no-floor"]
+    cfg = cli.qps_config_from_args(p.parse_args(argv), argv)
+    assert cfg.pipeline == [True] and cfg.table_dtypes == ["fp16"] and cfg.memory_budget_gib == 6.0
+    assert not cfg.floor
+    with pytest.raises(SystemExit):
+        cli.qps_config_from_args(p.parse_args(["--table-dtype", "int8"]), ["--table-dtype", "int8"])
+
+
+def test_memory_cap_skips_what_would_not_fit() -> None:
+    from marn_rec.benchmarks.machine import GIB
+    from marn_rec.benchmarks.qps import predict
+
+    cfg = QPSConfig(**{**QUICK, "device": "cpu", "memory_budget_gib": 2.0})
+    small = RunSpec("column_wise", 10, True, 2, 1, "", None, [{"weights": 0, "optimizer": 0}] * 2)
+    big = RunSpec("column_wise", 10, True, 2, 1, "", None, [{"weights": GIB, "optimizer": 0}] * 2)
+    memory = MemoryModel(default_overhead=GIB // 4)
+    assert predict(small, cfg, memory)[0]
+    fits, reason, _ = predict(big, cfg, memory)
+    assert not fits and "the 2 GiB cap (--memory-budget-gib)" in reason
 
 
 def test_a_failing_run_is_recorded_not_raised(tmp_path) -> None:
@@ -107,3 +159,19 @@ def test_a_failing_run_is_recorded_not_raised(tmp_path) -> None:
     records = run_grouped([(spec, {})], cfg, MemoryModel(), str(tmp_path), lines.append)
     assert records[0]["status"] == "failed" and "missing.pt" in records[0]["reason"]
     assert any("failed" in line for line in lines)
+
+
+def test_floor_only_with_the_fast_step(tmp_path, capsys) -> None:
+    """``--floor-only``: the baseline alone (smallest size, dedup on) with its compute floor;
+    ``--fast-step`` adds the interleaved old/fast comparison and the prediction difference."""
+    argv = ["--quick", "--floor-only", "--fast-step", "--baseline-threads", "1", "--out-dir", str(tmp_path)]
+    assert cli.qps_main(argv) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "qps.json").read_text())
+    assert [(r["mode"], r["dedup"]) for r in results["runs"]] == [("baseline", True)]
+    run = results["runs"][0]
+    assert "floor" in run
+    fast = run["fast_step"]
+    assert len(fast["pair_ratios"]) == QUICK["windows"] and fast["ratio"] > 0
+    assert 0 <= fast["max_abs_probability_difference"] < 0.05
+    assert any(line.startswith("ratio fast/old step samples/s [baseline") for line in out.splitlines())

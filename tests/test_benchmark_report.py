@@ -110,3 +110,36 @@ def test_render_apgru_markdown() -> None:
     md = render_apgru_markdown(results)
     assert "python benchmarks/apgru.py" in md and "2 CPUs" in md and "| 64 | 100.0 | 110.0 | 105.0 | 1.10x | met |" in md
     assert "docs/design.md's numbers" in md and "95 ms" in md  # docs/design.md's measured nn.GRU time
+
+
+def test_pipelined_and_fp16_goals() -> None:
+    """Pipelined runs and fp16 runs are compared on their own lines; the first issue's goals still
+    read the plain fp32 runs only."""
+    emb32 = [{"weights": 200 * MIB, "optimizer": 4 * MIB}] * 2
+    emb16 = [{"weights": 100 * MIB, "optimizer": 4 * MIB}] * 2
+    runs = [
+        _run("baseline", 1000, True, 100.0),
+        _run("column_wise", 1000, True, 90.0, pipeline=False, emb=emb32,
+             profile_ms_per_step={**{b: 2.0 for b in BUCKETS}, "communication": 8.0}),
+        _run("column_wise", 1000, True, 110.0, pipeline=True, emb=emb32,
+             profile_ms_per_step={**{b: 2.0 for b in BUCKETS}, "communication": 3.0}),
+        _run("column_wise", 1000, True, 95.0, pipeline=False, table_dtype="fp16", emb=emb16),
+        _run("column_wise", 5000, True, 0.0, status="skipped", pipeline=False),
+        _run("column_wise", 5000, True, 94.0, pipeline=False, table_dtype="fp16", emb=emb16),
+    ]
+    runs[4]["table_dtype"] = "fp32"
+    goals = evaluate_goals({"runs": runs})
+    assert goals["sharded_speedup"]["column_wise"]["ratio"] == pytest.approx(0.9)  # the plain fp32 run
+    p = goals["pipelined"]["column_wise"]
+    assert p["ratio_vs_baseline"] == pytest.approx(1.1) and p["ratio_vs_plain"] == pytest.approx(110 / 90)
+    assert p["communication_ms"] == {"plain": 8.0, "pipelined": 3.0}
+    t = goals["table_dtype"]["column_wise"]
+    assert t["num_items"] == 1000 and t["items_per_gib_ratio"] == pytest.approx(204 / 104)
+    assert t["largest_held"] == {"fp32": 1000, "fp16": 5000} and t["first_not_held"]["fp32"] == 5000
+    lines = goal_lines(goals)
+    assert any(line.startswith("ratio pipelined sharded/baseline") and "1.10x" in line and "met" in line
+               and "communication 8.0 -> 3.0 ms/step" in line for line in lines)
+    assert any(line.startswith("ratio fp16/fp32 catalogue items per GiB") and "1.96x" in line for line in lines)
+    assert "largest catalogue held [column_wise]: fp32 1,000 (not 5,000), fp16 5,000" in lines
+    md = render_qps_markdown({**_fake_results(), "runs": runs, "goals": goals})
+    assert "column_wise+pipeline" in md and "column_wise fp16" in md

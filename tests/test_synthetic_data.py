@@ -391,3 +391,184 @@ def test_bad_config_values_raise() -> None:
         data.batch(TRAIN, -1)
     with pytest.raises(ValueError, match="rank"):
         make_loader(data.config, cfg, TRAIN, rank=2, world_size=2)
+
+
+# ---- defaults keep the stream bit-identical ----
+
+
+def fingerprint(batch: MARNBatch) -> str:
+    """SHA-256 (16 hex digits) of every tensor of a batch, its meta keys and its features' keys."""
+    import hashlib
+
+    h = hashlib.sha256()
+    parts = [batch.item_sparse.values(), batch.item_sparse.lengths(), batch.item_title.values(),
+             batch.item_title.lengths(), batch.item_image, batch.candidate_index, batch.history_index,
+             batch.history_lengths, batch.history_property.values(), batch.labels, batch.user_ids]
+    parts += [batch.meta[k] for k in sorted(batch.meta)]
+    for t in parts:
+        h.update(t.contiguous().numpy().tobytes())
+    h.update(repr(sorted(batch.meta)).encode())
+    h.update(repr(batch.item_sparse.keys()).encode())
+    return h.hexdigest()[:16]
+
+
+# Measured on the generator before the cold-set split and the modality-quality knobs existed.
+GOLDEN = {
+    ("tiny", 64, TRAIN, 0): ("6d7a5bae2fe03605", "576985b4e053dacc"),
+    ("tiny", 64, EVAL, 5): ("b2a5f854705384e4", "2036a2607a96bb46"),
+    ("small", 256, TRAIN, 0): ("9e08f053a4a14ed9", "a6d55f3b01971be6"),
+    ("small", 256, EVAL, 0): ("3628012c4b0febfe", "32e5668536f8a0c4"),
+}
+
+
+def test_default_stream_is_bit_identical_to_the_earlier_generator() -> None:
+    sources = {}
+    for (preset, batch_size, split, index), (dedup, per_slot) in GOLDEN.items():
+        if preset not in sources:
+            cfg = {"tiny": tiny, "small": small}[preset]()
+            sources[preset] = SyntheticTaobao(
+                SyntheticTaobaoConfig.from_model_config(cfg, batch_size=batch_size)
+            )
+        data = sources[preset]
+        assert fingerprint(data.batch(split, index)) == dedup, (preset, split, index)
+        assert fingerprint(data.batch(split, index, dedup=False)) == per_slot, (preset, split, index)
+
+
+# ---- cold candidate sets (paper Table 5) ----
+
+
+@pytest.fixture(scope="module")
+def cold_set_data(small_data: SyntheticTaobao) -> SyntheticTaobao:
+    cfg = replace(small_data.config, batch_size=64, num_eval_batches=3, num_cold_set_batches=2,
+                  cold_set_size=150, cold_set_users_per_batch=3)
+    return SyntheticTaobao(cfg)
+
+
+def test_cold_sets_are_distinct_cold_items_per_user_with_one_history(
+    cold_set_data: SyntheticTaobao,
+) -> None:
+    from marn_rec.data.synthetic import COLD_SETS
+
+    data, catalog = cold_set_data, cold_set_data.catalog
+    assert data.num_batches(COLD_SETS) == 2 and data.num_batches(EVAL) == 5
+    seen_sets = []
+    for index in range(2):
+        batch = data.batch(COLD_SETS, index)
+        assert batches_equal(batch, data.batch(EVAL, 3 + index))  # appended to the eval split
+        check_ids_fit(batch, small())
+        sets = batch.meta["candidate_set"]
+        assert batch.batch_size == 3 * 150 and bool(batch.meta["candidate_cold"].all())
+        ranks = catalog.ranks_of_ids(batch.meta["candidate_item"])
+        assert bool(catalog.is_cold[ranks].all())
+        item_ids = batch.item_sparse["item_id"].values()
+        offsets = torch.cumsum(batch.history_lengths, 0) - batch.history_lengths
+        for s in sets.unique().tolist():
+            rows = (sets == s).nonzero().squeeze(1)
+            assert rows.numel() == 150 and ranks[rows].unique().numel() == 150
+            assert batch.user_ids[rows].unique().numel() == 1
+            histories = {tuple(item_ids[batch.history_index[o : o + n]].tolist())
+                         for o, n in zip(offsets[rows].tolist(), batch.history_lengths[rows].tolist())}
+            assert len(histories) == 1  # every candidate of a set sees the user's one history
+            seen_sets.append(s)
+    assert sorted(seen_sets) == list(range(6))
+    ordinary = data.batch(EVAL, 0)
+    assert bool((ordinary.meta["candidate_set"] == -1).all())
+    assert "candidate_set" not in data.batch(TRAIN, 0).meta
+
+
+def test_cold_set_labels_follow_the_click_model(cold_set_data: SyntheticTaobao) -> None:
+    from marn_rec.data.synthetic import COLD_SETS
+
+    slots, interests, prob, labels = cold_set_data.sample_slots(COLD_SETS, 1)
+    again = torch.sigmoid(cold_set_data.click_logit(slots, interests))
+    assert torch.equal(prob, again)
+    # Candidates lean towards the users' favourite categories, as eval candidates do.
+    fav = interests.favorite_categories
+    in_fav = (cold_set_data.catalog.category[slots.candidates][:, None] == fav).any(1)
+    share = cold_set_data.catalog.cold_pool.mass[fav].sum() / cold_set_data.catalog.cold_pool.total
+    assert float(in_fav.float().mean()) > float(share) / len(fav) + 0.2
+    assert 0.02 < float(labels.mean()) < 0.4
+
+
+def test_cold_set_config_is_checked() -> None:
+    cfg = tiny()
+    with pytest.raises(ValueError, match="cold_set_size"):
+        SyntheticTaobao(SyntheticTaobaoConfig.from_model_config(
+            cfg, num_cold_set_batches=1, cold_set_size=1000))
+    with pytest.raises(ValueError, match="cold items"):
+        SyntheticTaobaoConfig.from_model_config(cfg, num_cold_set_batches=1, cold_fraction=0.0)
+    with pytest.raises(ValueError, match="cold-set batch index"):
+        tiny_data(num_cold_set_batches=1, cold_set_size=2).batch("cold_sets", 1)
+
+
+# ---- per-item modality quality and redundancy ----
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [dict(missing_image_prob=0.2, uninformative_image_prob=0.3), dict(generic_title_prob=0.4),
+     dict(cold_empty_statistics_prob=0.8), dict(shared_view_weight=0.0)],
+)
+def test_quality_knobs_change_views_only(small_data: SyntheticTaobao, knobs) -> None:
+    data = SyntheticTaobao(replace(small_data.config, batch_size=128, **knobs))
+    base = SyntheticTaobao(replace(small_data.config, batch_size=128))
+    for split in (TRAIN, EVAL):
+        a, b = data.sample_slots(split, 1), base.sample_slots(split, 1)
+        assert all(torch.equal(x, y) for x, y in zip(vars(a[0]).values(), vars(b[0]).values()))
+        assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])  # truth and labels unchanged
+    ranks = torch.arange(3000)
+    q = data.catalog.modality_quality(ranks)
+    cat, ref = data.catalog, base.catalog
+    if "missing_image_prob" in knobs:
+        images, ref_images = cat.images(ranks), ref.images(ranks)
+        assert abs(float(q.image_missing.float().mean()) - 0.2) < 0.03
+        assert abs(float(q.image_uninformative.float().mean()) - 0.3) < 0.03
+        assert not bool((q.image_missing & q.image_uninformative).any())
+        assert bool((images[q.image_missing] == 0).all())
+        fine = ~(q.image_missing | q.image_uninformative)
+        assert torch.equal(images[fine], ref_images[fine])
+        # An uninformative image is the item's noise alone: nothing of its factors.
+        x = torch.cat([images[q.image_uninformative], torch.ones(int(q.image_uninformative.sum()), 1)], 1)
+        fit = torch.linalg.lstsq(x[:500], cat.image_factor[ranks][q.image_uninformative][:500]).solution
+        r = corr((x[500:] @ fit)[:, 0], cat.image_factor[ranks][q.image_uninformative][500:, 0])
+        assert abs(r) < 0.2, r
+    if "generic_title_prob" in knobs:
+        words, lengths = cat.titles(ranks)
+        ref_words, ref_lengths = ref.titles(ranks)
+        assert torch.equal(lengths, ref_lengths)
+        per_item = torch.repeat_interleave(ranks, lengths)
+        generic = q.title_generic[per_item]
+        assert torch.equal(words[~generic], ref_words[~generic])
+        factor_words = words < cat.category_word_offset
+        # Only random (noise) words can fall among the factor words of a generic title.
+        assert float(factor_words[generic].float().mean()) < 0.2
+        assert float(factor_words[~generic].float().mean()) > 0.5
+    if "cold_empty_statistics_prob" in knobs:
+        assert not bool((q.statistics_empty & ~cat.is_cold[ranks]).any())
+        empty = q.statistics_empty
+        assert int(empty.sum()) > 100
+        assert torch.equal(cat.statistics[ranks][~empty], ref.statistics[ranks][~empty])
+        assert abs(corr(cat.statistics[ranks][empty, 1], cat.quality[ranks][empty])) < 0.2
+    if "shared_view_weight" in knobs:
+        # No redundancy: the image shows nothing of the shared factor.
+        images = cat.images(ranks)
+        x = torch.cat([images, torch.ones(3000, 1)], 1)
+        fit = torch.linalg.lstsq(x[:2000], cat.shared[ranks][:2000]).solution
+        assert abs(corr((x[2000:] @ fit)[:, 0], cat.shared[ranks][2000:, 0])) < 0.2
+        ref_x = torch.cat([ref.images(ranks), torch.ones(3000, 1)], 1)
+        ref_fit = torch.linalg.lstsq(ref_x[:2000], ref.shared[ranks][:2000]).solution
+        assert corr((ref_x[2000:] @ ref_fit)[:, 0], ref.shared[ranks][2000:, 0]) > 0.6
+
+
+def test_quality_knobs_are_checked() -> None:
+    cfg = tiny()
+    for overrides, message in (
+        (dict(missing_image_prob=1.5), "missing_image_prob"),
+        (dict(missing_image_prob=0.6, uninformative_image_prob=0.6), "uninformative_image_prob"),
+        (dict(shared_view_weight=-1.0), "shared_view_weight"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            SyntheticTaobaoConfig.from_model_config(cfg, **overrides)
+    default = tiny_data().catalog.modality_quality(torch.arange(10))
+    assert not any(bool(getattr(default, f).any()) for f in
+                   ("image_missing", "image_uninformative", "title_generic", "statistics_empty"))

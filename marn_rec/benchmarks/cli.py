@@ -11,6 +11,7 @@ from marn_rec.benchmarks.config import QUICK, RECORDS_DIR, QPSConfig
 from marn_rec.benchmarks.goals import goal_lines
 from marn_rec.benchmarks.qps import run_qps
 from marn_rec.benchmarks.report import plot_qps, render_apgru_markdown, render_qps_markdown, write_outputs
+from marn_rec.features import TABLE_DTYPES
 
 UPDATE_RECORDS = "--update-records"
 
@@ -22,6 +23,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None:
             return action.help
         return super()._get_help_string(action)
+
+
+def _stem(text: str) -> str:
+    if not text or not all(c.isalnum() or c in "_-" for c in text):
+        raise argparse.ArgumentTypeError(f"a file stem of letters, digits, _ and -: {text!r}")
+    return text
 
 
 def _sizes(text: str) -> List[int]:
@@ -80,13 +87,32 @@ def qps_parser() -> argparse.ArgumentParser:
                    help="item tower over unique items (on), per slot (off), or both")
     p.add_argument("--per-slot-sizes", default=None,
                    help="sizes that also run without dedup: comma-separated, 'all', default the smallest")
-    p.add_argument("--no-baseline", action="store_true", help="sharded runs only")
+    p.add_argument("--no-baseline", action="store_true", help="sharded runs only (no compute floor either)")
+    p.add_argument("--pipeline", choices=["both", "on", "off"], default="both",
+                   help="sharded runs with TorchRec's TrainPipelineSparseDist (on), the plain loop (off), or both")
+    p.add_argument("--table-dtype", dest="table_dtypes", type=lambda s: [x for x in s.split(",") if x],
+                   default=",".join(d.table_dtypes),
+                   help="item tower table storage, comma-separated of fp32,fp16 (the baseline runs with fp32 only)")
+    p.add_argument("--memory-budget-gib", type=float, default=d.memory_budget_gib,
+                   help="skip runs predicted to need more than this many GiB (all processes of a run "
+                        "together; per GPU on GPUs), as on a machine with only that much; default: no cap")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the compute floor (FLOPs per component, GEMM rate, time/floor)")
+    p.add_argument("--floor-reps", type=int, default=d.floor_reps, help="timed passes of each component for the floor")
+    p.add_argument("--fast-step", action="store_true",
+                   help="in every run, also time the fast step (training forward under bf16 autocast, "
+                        "fused dense AdaGrad) against the old one in interleaved windows")
+    p.add_argument("--floor-only", action="store_true",
+                   help="only the baseline at the smallest size with dedup on, with its compute floor")
     p.add_argument("--baseline-threads", type=int, default=d.baseline_threads, help="threads of the baseline process")
     p.add_argument("--sharded-threads", type=int, default=d.sharded_threads, help="threads of each sharded process")
     p.add_argument("--memory-fraction", type=float, default=d.memory_fraction,
                    help="skip runs predicted to need more than this share of available memory")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
     _output_flags(p, d.out_dir, "qps.json, qps.md, qps.png")
+    p.add_argument("--stem", default="qps", type=_stem,
+                   help="file names of the outputs: STEM.json, STEM.md, STEM.png (a record of its own "
+                        "beside the others with --update-records)")
     p.add_argument("--no-isolate", action="store_true", help="one set of processes per mode, not per run")
     p.add_argument("--seed", type=int, default=d.seed, help="model and data seed")
     p.add_argument("--quick", action="store_true", help="seconds: tiny preset, one small size, few steps")
@@ -103,7 +129,14 @@ def qps_config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> QPSCo
         sharded_threads=args.sharded_threads, memory_fraction=args.memory_fraction, device=args.device,
         out_dir=_out_dir(args), isolate=not args.no_isolate, seed=args.seed,
         command=_command("qps.py", argv),
+        pipeline={"both": [False, True], "on": [True], "off": [False]}[args.pipeline],
+        table_dtypes=list(args.table_dtypes), memory_budget_gib=args.memory_budget_gib,
+        floor=not args.no_floor, floor_reps=args.floor_reps, floor_only=args.floor_only,
+        fast_step=args.fast_step,
     )
+    unknown = [t for t in cfg.table_dtypes if t not in TABLE_DTYPES]
+    if unknown:
+        qps_parser().error(f"--table-dtype: unknown {unknown}; known: {','.join(TABLE_DTYPES)}")
     if args.quick:
         # QUICK's values, except for options given explicitly on the command line.
         defaults = vars(qps_parser().parse_args([]))
@@ -125,8 +158,8 @@ def qps_main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     for line in goal_lines(results["goals"]):
         print(line)
-    paths = write_outputs(results, render_qps_markdown(results), cfg.out_dir, "qps")
-    png = os.path.join(cfg.out_dir, "qps.png")
+    paths = write_outputs(results, render_qps_markdown(results), cfg.out_dir, args.stem)
+    png = os.path.join(cfg.out_dir, f"{args.stem}.png")
     plot_qps(results, png)
     print(f"\nwrote {paths['json']}, {paths['markdown']}, {png}")
     return 0

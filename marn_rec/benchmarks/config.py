@@ -1,5 +1,11 @@
 """What a throughput benchmark runs: the modes compared, the options of a sweep
-(:class:`QPSConfig`, with its ``--quick`` preset) and one measurement (:class:`RunSpec`)."""
+(:class:`QPSConfig`, with its ``--quick`` preset) and one measurement (:class:`RunSpec`).
+
+A sharded run has two more dimensions: ``pipeline`` (the plain loop, or TorchRec's
+``TrainPipelineSparseDist``, which starts the next batch's input all-to-all before this batch's
+forward) and ``table_dtype`` (the item tower's tables in fp32 or fp16). The baseline is fp32 and
+unpipelined (an unsharded model has no input distribution to overlap, and ``torch.optim.Adagrad``
+would keep an fp16 state for fp16 tables)."""
 
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
@@ -21,12 +27,17 @@ SCRATCH_DIR = "runs/benchmarks"
 RECORDS_DIR = "benchmarks/results"
 
 
-def model_config(preset: str, num_items: int) -> MARNConfig:
-    """The preset's MARN with ``num_items`` rows in the item table."""
+def model_config(preset: str, num_items: int, table_dtype: str = "fp32") -> MARNConfig:
+    """The preset's MARN with ``num_items`` rows in the item table, tables in ``table_dtype``."""
     from marn_rec.config import PRESETS
 
     cfg = PRESETS[preset]()
-    return replace(cfg, tower=replace(cfg.tower, num_items=num_items))
+    return replace(cfg, tower=replace(cfg.tower, num_items=num_items, table_dtype=table_dtype))
+
+
+def run_label(mode: str, pipeline: bool = False, table_dtype: str = "fp32") -> str:
+    """How a run is named in tables: ``column_wise``, ``column_wise+pipeline``, ``table_wise fp16``."""
+    return mode + ("+pipeline" if pipeline else "") + (f" {table_dtype}" if table_dtype != "fp32" else "")
 
 
 @dataclass
@@ -57,6 +68,20 @@ class QPSConfig:
     isolate: bool = True  # a fresh set of processes per run (per-run peak memory, OOM isolation)
     timeout_s: float = 1800.0
     command: str = ""
+    # Sharded runs: plain loop (False) and/or TrainPipelineSparseDist (True); item tower tables.
+    pipeline: List[bool] = field(default_factory=lambda: [False, True])
+    table_dtypes: List[str] = field(default_factory=lambda: ["fp32"])
+    # Skip runs predicted to need more than this many GiB in all (all processes of the run on the
+    # host, the largest process on a GPU), as if the machine had only this much; None: no cap.
+    memory_budget_gib: Optional[float] = None
+    # The compute floor (marn_rec.benchmarks.floor), measured in the baseline process of the
+    # smallest size (dedup on); ``floor_only``: that run alone, no sharded runs.
+    floor: bool = True
+    floor_reps: int = 5
+    floor_only: bool = False
+    # The fast step against the old one, interleaved windows in every run: the training forward
+    # under bf16 autocast (where the hardware has native bf16) and the dense AdaGrad's fused kernel.
+    fast_step: bool = False
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -84,6 +109,7 @@ QUICK = dict(
     steps_per_window=2,
     profile_steps=1,
     tower_reps=1,
+    floor_reps=1,
     isolate=False,
     timeout_s=300.0,
 )
@@ -102,4 +128,11 @@ class RunSpec:
     plan_path: Optional[str] = None
     embedding_per_process: List[Dict[str, int]] = field(default_factory=list)
     predicted_peak_per_process: List[int] = field(default_factory=list)
+    pipeline: bool = False
+    table_dtype: str = "fp32"
+    floor: bool = False  # also measure the compute floor (baseline only)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.mode, self.pipeline, self.table_dtype)
 

@@ -1,28 +1,49 @@
-"""The goals of the benchmark issue, as ratios read from one sweep's records: sharded against
+"""The goals of the benchmark issues, as ratios read from one sweep's records: sharded against
 baseline samples/s, dedup against per-slot item tower, per-rank embedding memory against an even
-split (and APGRU against nn.GRU, measured by :mod:`marn_rec.benchmarks.apgru`)."""
+split (and APGRU against nn.GRU, measured by :mod:`marn_rec.benchmarks.apgru`); and, for "speed
+and scale", the pipelined sharded runs against the baseline at fixed compute (where the all-to-all
+time went), the catalogue held per GiB with fp16 tables against fp32, and the step against its
+compute floor. The goals of the first kind read the plain (unpipelined, fp32) runs only."""
 
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Optional
 
-from marn_rec.benchmarks.config import BASELINE
-from marn_rec.benchmarks.machine import MIB
+from marn_rec.benchmarks.config import BASELINE, run_label
+from marn_rec.benchmarks.machine import GIB, MIB
 from marn_rec.benchmarks.plans import imbalance
+from marn_rec.benchmarks.profiling import COMMUNICATION, OTHER
 
 # Goals of issue 4, checked as ratios from one run.
 GOAL_SHARDED_SPEEDUP = 1.5
 GOAL_DEDUP_SPEEDUP = 3.0
 GOAL_APGRU_RATIO = 1.2
 GOAL_MEMORY_BALANCE = 0.05
+# Speed and scale: pipelined sharded >= the baseline at fixed compute (2 ranks x 1 thread against
+# 1 process x 2 threads).
+GOAL_PIPELINED_SPEEDUP = 1.0
+# A faster step, same model: >= 1.5x whole-step samples/s, old path behind a flag.
+GOAL_FAST_STEP = 1.5
+
+# Values of record keys that older records (and the baseline) do not carry.
+_DEFAULTS = {"pipeline": False, "table_dtype": "fp32"}
 
 
 def ok_runs(records: Iterable[Dict[str, Any]], **match: Any) -> List[Dict[str, Any]]:
     """The records that ran (status ok) and have every ``key=value`` of ``match``."""
-    return [r for r in records if r["status"] == "ok" and all(r.get(k) == v for k, v in match.items())]
+    return [
+        r for r in records
+        if r["status"] == "ok" and all(r.get(k, _DEFAULTS.get(k)) == v for k, v in match.items())
+    ]
+
+
+def is_plain(r: Dict[str, Any]) -> bool:
+    """An unpipelined run with fp32 tables (what the first issue's goals compare)."""
+    return not r.get("pipeline", False) and r.get("table_dtype", "fp32") == "fp32"
 
 
 def evaluate_goals(results: Dict[str, Any]) -> Dict[str, Any]:
     """The issue's goals as ratios from this run (None where the run has no data for one)."""
-    runs = results["runs"]
+    all_runs = results["runs"]
+    runs = [r for r in all_runs if is_plain(r)]
     goals: Dict[str, Any] = {}
     sharding_types = sorted({r["mode"] for r in runs if r["mode"] != BASELINE})
 
@@ -97,7 +118,108 @@ def evaluate_goals(results: Dict[str, Any]) -> Dict[str, Any]:
             "measured_matches_plan": per_rank == planned,
         }
     goals["memory_balance"] = balance
+    goals["pipelined"] = pipelined_goals(all_runs)
+    goals["table_dtype"] = table_dtype_goals(all_runs)
+    goals["floor"] = floor_goal(all_runs)
+    goals["fast_step"] = [
+        {"label": run_label(r["mode"], r.get("pipeline", False), r.get("table_dtype", "fp32")),
+         "num_items": r["num_items"], "dedup": r["dedup"], **r["fast_step"]}
+        for r in all_runs if r["status"] == "ok" and "fast_step" in r
+    ]
     return goals
+
+
+def _bucket_ms(r: Dict[str, Any], bucket: str) -> Optional[float]:
+    p = r.get("profile_ms_per_step")
+    return p.get(bucket) if p else None
+
+
+def pipelined_goals(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per sharding type, at the largest fp32 table that the baseline and both sharded loops ran
+    (dedup on): pipelined/baseline and pipelined/plain samples/s, and the step time and profiled
+    communication and "other" (waits outside ops) per step of the plain and the pipelined loop."""
+    out: Dict[str, Any] = {}
+    for st in sorted({r["mode"] for r in runs if r["mode"] != BASELINE}):
+        sizes = [
+            n for n in {r["num_items"] for r in ok_runs(runs, mode=st, pipeline=True, table_dtype="fp32", dedup=True)}
+            if ok_runs(runs, mode=st, pipeline=False, table_dtype="fp32", dedup=True, num_items=n)
+            and ok_runs(runs, mode=BASELINE, dedup=True, num_items=n)
+        ]
+        if not sizes:
+            continue
+        n = max(sizes)
+        piped = ok_runs(runs, mode=st, pipeline=True, table_dtype="fp32", dedup=True, num_items=n)[0]
+        plain = ok_runs(runs, mode=st, pipeline=False, table_dtype="fp32", dedup=True, num_items=n)[0]
+        base = ok_runs(runs, mode=BASELINE, dedup=True, num_items=n)[0]
+        out[st] = {
+            "num_items": n,
+            "ratio_vs_baseline": piped["global_samples_per_s"] / base["global_samples_per_s"],
+            "plain_ratio_vs_baseline": plain["global_samples_per_s"] / base["global_samples_per_s"],
+            "ratio_vs_plain": piped["global_samples_per_s"] / plain["global_samples_per_s"],
+            "step_ms": {"plain": plain["step_ms"], "pipelined": piped["step_ms"], "baseline": base["step_ms"]},
+            "communication_ms": {"plain": _bucket_ms(plain, COMMUNICATION), "pipelined": _bucket_ms(piped, COMMUNICATION)},
+            "other_ms": {"plain": _bucket_ms(plain, OTHER), "pipelined": _bucket_ms(piped, OTHER)},
+            "profile_step_ms": {"plain": plain.get("profile_step_ms"), "pipelined": piped.get("profile_step_ms")},
+        }
+    return out
+
+
+def _embedding_bytes(r: Dict[str, Any]) -> int:
+    return sum(e["weights"] + e["optimizer"] for e in r["embedding_measured_per_process"])
+
+
+def table_dtype_goals(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """fp16 against fp32 tables, per sharding type (the plain loop if it ran, else the pipeline):
+    catalogue items per GiB of embedding memory (weights + optimizer state, all ranks, measured)
+    at the largest size both ran, samples/s there, and the largest size each held."""
+    out: Dict[str, Any] = {}
+    dtypes = {r.get("table_dtype", "fp32") for r in runs if r["mode"] != BASELINE}
+    if not {"fp32", "fp16"} <= dtypes:
+        return out
+    for st in sorted({r["mode"] for r in runs if r["mode"] != BASELINE}):
+        for pipe in (False, True):
+            both = [
+                n for n in {r["num_items"] for r in ok_runs(runs, mode=st, pipeline=pipe, table_dtype="fp16", dedup=True)}
+                if ok_runs(runs, mode=st, pipeline=pipe, table_dtype="fp32", dedup=True, num_items=n)
+            ]
+            if both:
+                break
+        else:
+            continue
+        n = max(both)
+        got = {d: ok_runs(runs, mode=st, pipeline=pipe, table_dtype=d, dedup=True, num_items=n)[0] for d in ("fp32", "fp16")}
+        per_gib = {d: n / (_embedding_bytes(r) / GIB) for d, r in got.items()}
+        held, not_held = {}, {}
+        for d in ("fp32", "fp16"):
+            rs = [r for r in runs if r["mode"] == st and r.get("pipeline", False) == pipe
+                  and r.get("table_dtype", "fp32") == d and r["dedup"]]
+            held[d] = max((r["num_items"] for r in rs if r["status"] == "ok"), default=None)
+            not_held[d] = min((r["num_items"] for r in rs if r["status"] != "ok"), default=None)
+        out[st] = {
+            "num_items": n,
+            "pipeline": pipe,
+            "items_per_gib": per_gib,
+            "items_per_gib_ratio": per_gib["fp16"] / per_gib["fp32"],
+            "embedding_bytes": {d: _embedding_bytes(r) for d, r in got.items()},
+            "samples_per_s_ratio": got["fp16"]["global_samples_per_s"] / got["fp32"]["global_samples_per_s"],
+            "largest_held": held,
+            "first_not_held": not_held,
+        }
+    return out
+
+
+def floor_goal(runs: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The whole step against its compute floor, from the run that measured the floor."""
+    from marn_rec.benchmarks.floor import floor_rows
+
+    for r in ok_runs(runs, mode=BASELINE):
+        if "floor" in r:
+            rows = floor_rows(r["floor"], r["step_ms"])
+            whole = rows[-1]
+            return {"num_items": r["num_items"], "step_ms": whole["ms"], "floor_ms": whole["floor_ms"],
+                    "ratio": whole["ratio"], "gflop_per_step": whole["forward_gflop"] + whole["backward_gflop"],
+                    "gemm_gflop_per_s": r["floor"]["gemm"]["flop_per_s"] / 1e9}
+    return None
 
 
 def goal_lines(goals: Dict[str, Any]) -> List[str]:
@@ -148,4 +270,45 @@ def goal_lines(goals: Dict[str, Any]) -> List[str]:
             f"(goal <= {100 * GOAL_MEMORY_BALANCE:.0f}%: {verdict(b['imbalance'] <= GOAL_MEMORY_BALANCE)})"
         )
     lines.append("APGRU <= 1.2x nn.GRU: see benchmarks/apgru.py")
+    for st, p in goals.get("pipelined", {}).items():
+        comm = p["communication_ms"]
+        comm_text = (f"; communication {comm['plain']:.1f} -> {comm['pipelined']:.1f} ms/step"
+                     if comm["plain"] is not None and comm["pipelined"] is not None else "")
+        lines.append(
+            f"ratio pipelined sharded/baseline samples/s at fixed compute [{st}, num_items={p['num_items']:,}]: "
+            f"{p['ratio_vs_baseline']:.2f}x (plain loop {p['plain_ratio_vs_baseline']:.2f}x; pipelined/plain "
+            f"{p['ratio_vs_plain']:.2f}x; step {p['step_ms']['plain']:.0f} -> {p['step_ms']['pipelined']:.0f} ms"
+            f"{comm_text}) (goal >= {GOAL_PIPELINED_SPEEDUP}x: "
+            f"{verdict(p['ratio_vs_baseline'] >= GOAL_PIPELINED_SPEEDUP)})"
+        )
+    for st, t in goals.get("table_dtype", {}).items():
+        per = t["items_per_gib"]
+        held = t["largest_held"]
+        not_held = t["first_not_held"]
+        lines.append(
+            f"ratio fp16/fp32 catalogue items per GiB of embedding memory [{st}"
+            f"{'+pipeline' if t['pipeline'] else ''}, num_items={t['num_items']:,}]: "
+            f"{t['items_per_gib_ratio']:.2f}x ({per['fp16'] / 1e6:.1f}M vs {per['fp32'] / 1e6:.1f}M items/GiB); "
+            f"samples/s {t['samples_per_s_ratio']:.2f}x"
+        )
+        lines.append(
+            f"largest catalogue held [{st}]: fp32 {held['fp32'] or 0:,}"
+            + (f" (not {not_held['fp32']:,})" if not_held["fp32"] else "")
+            + f", fp16 {held['fp16'] or 0:,}" + (f" (not {not_held['fp16']:,})" if not_held["fp16"] else "")
+        )
+    for f in goals.get("fast_step") or []:
+        lines.append(
+            f"ratio fast/old step samples/s [{f['label']}, num_items={f['num_items']:,}"
+            f"{'' if f['dedup'] else ', per-slot'}]: {f['ratio']:.2f}x, interleaved windows "
+            f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s; bf16 autocast + fused "
+            f"AdaGrad; max |p_bf16 - p_fp32| {f['max_abs_probability_difference']:.2g}) "
+            f"(goal >= {GOAL_FAST_STEP}x: {verdict(f['ratio'] >= GOAL_FAST_STEP)})"
+        )
+    f = goals.get("floor")
+    if f:
+        lines.append(
+            f"ratio step time / compute floor [baseline, num_items={f['num_items']:,}]: {f['ratio']:.1f}x "
+            f"({f['step_ms']:.3g} ms for {f['gflop_per_step']:.3g} GFLOP at {f['gemm_gflop_per_s']:.1f} GFLOP/s "
+            f"= {f['floor_ms']:.3g} ms)"
+        )
     return lines

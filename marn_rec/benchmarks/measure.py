@@ -3,10 +3,13 @@ steps in windows, profile a few steps, read peak memory; and the batches every r
 
 The baseline is ``MARNTrain(MARN(cfg))`` with the TorchRec collections left unsharded,
 ``.sparse = True`` on their embedding modules and ``torch.optim.Adagrad`` (sparse gradients) for
-them; the sharded model is DistributedModelParallel with FBGEMM's fused row-wise AdaGrad.
+them; the sharded model is DistributedModelParallel with FBGEMM's fused row-wise AdaGrad, stepped by a
+plain loop or by TorchRec's ``TrainPipelineSparseDist`` (``spec.pipeline``). The baseline run that
+``spec.floor`` marks also measures the compute floor (:mod:`marn_rec.benchmarks.floor`).
 """
 
 import gc
+import itertools
 import statistics
 import time
 from typing import Any, Dict, List, Sequence
@@ -75,19 +78,25 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         torch.cuda.reset_peak_memory_stats(device)
     peak_reset = reset_peak_rss()
     rss_start = current_rss_bytes()
-    model_cfg = model_config(cfg.preset, spec.num_items)
+    model_cfg = model_config(cfg.preset, spec.num_items, spec.table_dtype)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     out: Dict[str, Any] = {"rank": rank, "threads": torch.get_num_threads(), "peak_reset": peak_reset}
+    # ``fast``: the fast step (bf16 autocast forward, fused dense AdaGrad) instead of the old one;
+    # switched between timed windows when ``cfg.fast_step`` compares the two.
+    fast = {"on": False}
     if spec.mode == BASELINE:
         model = MARNTrain(MARN(model_cfg, device=device))
         optimizers, tables = sparse_baseline(model, cfg.lr)
         out["emb_weights_bytes"] = sum(p.numel() * p.element_size() for p in tables)
         out["emb_optimizer_bytes"] = sum(local_bytes(optimizers[0].state[p]["sum"]) for p in tables)
         step_model = model
+        fast_optimizers = optimizers
+        if cfg.fast_step:
+            fast_optimizers = [optimizers[0], _fused_like(optimizers[1])]
 
         def optimizer_step() -> None:
-            for o in optimizers:
+            for o in fast_optimizers if fast["on"] else optimizers:
                 o.step()
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
@@ -97,7 +106,8 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         model = MARNTrain(MARN(model_cfg, device=torch.device("meta")))
         apply_embedding_optimizer(model, lr=cfg.lr)
         dmp = shard_model(model, device, pg, plan=plan)
-        optimizer = training_optimizer(dmp, lr=cfg.lr)
+        old_optimizer = training_optimizer(dmp, lr=cfg.lr)
+        fast_optimizer = training_optimizer(dmp, lr=cfg.lr, fused=True) if cfg.fast_step else old_optimizer
         from torch.distributed._shard.sharded_tensor import ShardedTensor
 
         out["emb_weights_bytes"] = sum(
@@ -106,19 +116,48 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         out["emb_optimizer_bytes"] = local_bytes(dmp.fused_optimizer.state_dict().get("state", {}))
         step_model = dmp
 
+        class _Optimizer:  # the old or the fast one, as ``fast`` says (what the pipeline steps)
+            def step(self) -> None:
+                (fast_optimizer if fast["on"] else old_optimizer).step()
+
+            def zero_grad(self, set_to_none: bool = True) -> None:
+                (fast_optimizer if fast["on"] else old_optimizer).zero_grad(set_to_none=set_to_none)
+
+        optimizer = _Optimizer()
+
         def optimizer_step() -> None:
             optimizer.step()
             optimizer.zero_grad()
+
+    def model_forward(batch: Any) -> Any:
+        if fast["on"]:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return step_model(batch)
+        return step_model(batch)
 
     out["build_s"] = time.perf_counter() - t0
     out["rss_after_build"] = current_rss_bytes()
     batches = [b.to(device) for b in torch.load(spec.batch_path, weights_only=False)]
     step_model.train()
 
-    def step(i: int) -> None:
-        loss, _ = step_model(batches[(i + rank) % len(batches)])
-        loss.backward()
-        optimizer_step()
+    if spec.pipeline:
+        if spec.mode == BASELINE:
+            raise ValueError("the baseline is not pipelined (an unsharded model has no input distribution)")
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        # Step i trains batch i (as below); the pipeline reads two batches ahead of it.
+        pipeline = TrainPipelineSparseDist(step_model, optimizer, device, custom_model_fwd=model_forward)
+        feed = (batches[(j + rank) % len(batches)] for j in itertools.count())
+
+        def step(i: int) -> None:
+            pipeline.progress(feed)
+
+    else:
+
+        def step(i: int) -> None:
+            loss, _ = model_forward(batches[(i + rank) % len(batches)])
+            loss.backward()
+            optimizer_step()
 
     def barrier() -> None:
         if pg is not None:
@@ -164,8 +203,20 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         del prof
         barrier()
 
+    if cfg.fast_step:
+        out["fast_step"] = _compare_fast(step, i, fast, cfg, device, barrier)
+        i += 2 * (cfg.windows + 1) * cfg.steps_per_window
+        if spec.pipeline:
+            pipeline.detach()  # the sharded modules' own forward, for the evaluation below
+        out["fast_step"]["max_abs_probability_difference"] = _prediction_difference(
+            step_model, batches[rank % len(batches)], device)
+
     if spec.mode == BASELINE and cfg.tower_reps > 0:
         out["tower_ms"] = _tower_ms(model, batches, cfg.tower_reps, device)
+    if spec.floor and spec.mode == BASELINE:
+        from marn_rec.benchmarks.floor import measure_floor
+
+        out["floor"] = measure_floor(model, batches, optimizer_step, device, cfg.floor_reps)
     out["peak_rss"] = peak_rss_bytes()
     out["rss_start"] = rss_start
     if device.type == "cuda":
@@ -173,6 +224,51 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
     out["unique_items"] = statistics.mean(b.num_unique_items for b in batches)
     out["slots"] = statistics.mean(b.batch_size + b.history_index.numel() for b in batches)
     return out
+
+
+def _fused_like(optimizer: torch.optim.Adagrad) -> torch.optim.Adagrad:
+    """An AdaGrad over the same parameters with the same settings, fused kernel."""
+    group = optimizer.param_groups[0]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return torch.optim.Adagrad(params, lr=group["lr"], eps=group["eps"],
+                               initial_accumulator_value=group["initial_accumulator_value"], fused=True)
+
+
+def _compare_fast(step, i: int, fast: Dict[str, bool], cfg: QPSConfig, device: torch.device, barrier) -> Dict[str, Any]:
+    """``cfg.windows`` pairs of timed windows, the old step and the fast one interleaved (their
+    order alternating from pair to pair, so that a drift of the machine's load hits both alike),
+    after a warm-up window of each. The two paths train the same weights in turn (timing only)."""
+    times: Dict[str, List[float]] = {"old": [], "fast": []}
+    for pair in range(-1, cfg.windows):
+        order = ("old", "fast") if pair % 2 == 0 else ("fast", "old")
+        for name in order:
+            fast["on"] = name == "fast"
+            _sync(device)
+            barrier()
+            t = time.perf_counter()
+            for _ in range(cfg.steps_per_window):
+                step(i)
+                i += 1
+            _sync(device)
+            if pair >= 0:
+                times[name].append(time.perf_counter() - t)
+    fast["on"] = False
+    barrier()
+    return {"old_window_s": times["old"], "fast_window_s": times["fast"]}
+
+
+@torch.no_grad()
+def _prediction_difference(model: nn.Module, batch: Any, device: torch.device) -> float:
+    """max |p_bf16 - p_fp32| of the click probabilities of one batch, same weights, eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        p32 = torch.sigmoid(model(batch)[1][1].float())
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            p16 = torch.sigmoid(model(batch)[1][1].float())
+    finally:
+        model.train(was)
+    return float((p32 - p16).abs().max())
 
 
 def _tower_ms(model: nn.Module, batches: Sequence[Any], reps: int, device: torch.device) -> float:

@@ -15,11 +15,14 @@ STEP_EVENT = "benchmark_step"
 # Checked in this order on an event and then on its enclosing events, innermost first. FBGEMM's
 # fused TBE ops (``split_embedding_*_rowwise_adagrad``) do lookup, gradient and optimizer update in
 # one kernel: they count as embedding. ``Optimizer.step`` is the dense AdaGrad (and, in the
-# baseline, the sparse AdaGrad of the tables).
+# baseline, the sparse AdaGrad of the tables). TorchRec's train pipeline starts and waits for the
+# next batch's input distribution under ``## start_sparse_data_dist N ##`` and
+# ``## wait_sparse_data_dist N ##``: communication.
 BUCKET_RULES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     (COMMUNICATION, ("all2all", "alltoall", "all_to_all", "allreduce", "all_reduce", "allgather",
                      "all_gather", "reduce_scatter", "reducescatter", "broadcast", "gloo", "nccl",
-                     "c10d::", "barrier", "input_dist", "output_dist", "wait_tensor")),
+                     "c10d::", "barrier", "input_dist", "output_dist", "wait_tensor",
+                     "sparse_data_dist")),
     (EMBEDDING, ("split_embedding", "embedding_bag", "embeddingbag", "embeddingbackward",
                  "aten::embedding", "[lookup]", "tbe")),
     (OPTIMIZER, ("optimizer.step", "optimizer.zero_grad")),

@@ -1,6 +1,8 @@
-"""The side-by-side throughput sweep: for every table size, plan each sharding type, generate the
-batches, predict each run's memory, run the baseline and the sharded modes (skipping what would
-not fit, recording what failed), summarise the ranks' figures and evaluate the goals."""
+"""The side-by-side throughput sweep: for every table size (and table dtype), plan each sharding
+type, generate the batches, predict each run's memory, run the baseline and the sharded modes
+(plain and pipelined; skipping what would not fit, recording what failed), summarise the ranks'
+figures and evaluate the goals. The baseline run of the smallest size also measures the compute
+floor (:mod:`marn_rec.benchmarks.floor`)."""
 
 import os
 import shutil
@@ -11,7 +13,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from marn_rec.benchmarks.config import BASELINE, ROW_WISE, QPSConfig, RunSpec, model_config
+from marn_rec.benchmarks.config import BASELINE, ROW_WISE, QPSConfig, RunSpec, model_config, run_label
 from marn_rec.benchmarks.goals import evaluate_goals
 from marn_rec.benchmarks.launcher import launch
 from marn_rec.benchmarks.machine import GIB, MIB, machine_info
@@ -46,42 +48,60 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
         f"({'gloo' if device == 'cpu' else 'nccl'})")
     log(f"preset {cfg.preset}, batch {cfg.batch_size} per process, {cfg.warmup_steps} warm-up steps, "
         f"{cfg.windows} windows x {cfg.steps_per_window} steps (median), {cfg.profile_steps} profiled steps")
+    if cfg.floor_only:
+        sharding_types = []
+    log(f"sharded runs: {', '.join(sharding_types) or 'none'}; "
+        f"pipeline {'/'.join('on' if p else 'off' for p in cfg.pipeline)}; "
+        f"table dtypes {'/'.join(cfg.table_dtypes)}"
+        + (f"; memory capped at {cfg.memory_budget_gib:g} GiB per run" if cfg.memory_budget_gib else ""))
     memory = MemoryModel()
     records: List[Dict[str, Any]] = []
     data_stats: List[Dict[str, Any]] = []
     work_dir = tempfile.mkdtemp(prefix="marn_qps_")
+    sizes = sorted(cfg.sizes)[:1] if cfg.floor_only else sorted(cfg.sizes)
+    floor_pending = cfg.floor and cfg.baseline and "fp32" in cfg.table_dtypes
     try:
         with quiet_libraries():
             pending: List[Tuple[RunSpec, Dict[str, Any]]] = []
-            for num_items in sorted(cfg.sizes):
-                model_cfg = model_config(cfg.preset, num_items)
-                meta_model = MARNTrain(MARN(model_cfg, device=torch.device("meta")))
-                # As in the workers: the in-backward optimizer makes the plans use the FUSED kernel.
-                apply_embedding_optimizer(meta_model, lr=cfg.lr)
-                shapes = table_shapes(meta_model)
-                table_total = sum(r * c * e for r, c, e in shapes.values())
-                plans = {}
-                for st in sharding_types:
-                    plan = make_plan(meta_model, cfg.world_size, device, st, cfg.batch_size)
-                    path = os.path.join(work_dir, f"plan_{num_items}_{st}.pt")
-                    torch.save(plan, path)
-                    plans[st] = (path, plan_bytes_per_rank(plan, shapes, cfg.world_size))
-                for dedup in cfg.dedup_modes(num_items):
+            for num_items in sizes:
+                shapes: Dict[str, Any] = {}
+                table_total: Dict[str, int] = {}
+                plans: Dict[Tuple[str, str], Tuple[str, List[Dict[str, int]]]] = {}
+                for dtype in cfg.table_dtypes:
+                    model_cfg = model_config(cfg.preset, num_items, dtype)
+                    meta_model = MARNTrain(MARN(model_cfg, device=torch.device("meta")))
+                    # As in the workers: the in-backward optimizer makes the plans use the FUSED kernel.
+                    apply_embedding_optimizer(meta_model, lr=cfg.lr)
+                    shapes[dtype] = table_shapes(meta_model)
+                    table_total[dtype] = sum(r * c * e for r, c, e in shapes[dtype].values())
+                    for st in sharding_types:
+                        plan = make_plan(meta_model, cfg.world_size, device, st, cfg.batch_size)
+                        path = os.path.join(work_dir, f"plan_{num_items}_{st}_{dtype}.pt")
+                        torch.save(plan, path)
+                        plans[(st, dtype)] = (path, plan_bytes_per_rank(plan, shapes[dtype], cfg.world_size))
+                for dedup in ([True] if cfg.floor_only else cfg.dedup_modes(num_items)):
                     batch_path = os.path.join(work_dir, f"batches_{num_items}_{int(dedup)}.pt")
                     stats = generate_batches(cfg, num_items, dedup, batch_path)
                     data_stats.append({"num_items": num_items, "dedup": dedup, **stats})
                     log(f"data num_items={num_items:,} dedup={dedup}: {stats['generate_ms_per_batch']:.0f} ms/batch "
                         f"to generate (not timed below), {stats['unique_items_per_batch']:.0f} unique items of "
                         f"{stats['slots_per_batch']:.0f} slots per batch")
-                    modes = ([BASELINE] if cfg.baseline else []) + sharding_types
-                    for mode in modes:
-                        if mode == BASELINE:
-                            spec = RunSpec(mode, num_items, dedup, 1, cfg.baseline_threads, batch_path,
-                                           None, [baseline_embedding_bytes(shapes)])
-                        else:
-                            spec = RunSpec(mode, num_items, dedup, cfg.world_size, cfg.sharded_threads,
-                                           batch_path, plans[mode][0], plans[mode][1])
-                        info = {"table_bytes": table_total}
+                    specs: List[Tuple[RunSpec, str]] = []
+                    if cfg.baseline and "fp32" in cfg.table_dtypes:
+                        floor = floor_pending and dedup
+                        floor_pending = floor_pending and not floor
+                        specs.append((RunSpec(BASELINE, num_items, dedup, 1, cfg.baseline_threads, batch_path,
+                                              None, [baseline_embedding_bytes(shapes["fp32"])], floor=floor),
+                                      "fp32"))
+                    for dtype in cfg.table_dtypes:
+                        for mode in sharding_types:
+                            for pipe in cfg.pipeline:
+                                path, per_rank = plans[(mode, dtype)]
+                                specs.append((RunSpec(mode, num_items, dedup, cfg.world_size, cfg.sharded_threads,
+                                                      batch_path, path, per_rank, pipeline=pipe,
+                                                      table_dtype=dtype), dtype))
+                    for spec, dtype in specs:
+                        info = {"table_bytes": table_total[dtype]}
                         if cfg.isolate:
                             records.append(run_isolated(spec, cfg, memory, work_dir, info, log))
                         else:
@@ -109,6 +129,11 @@ def predict(spec: RunSpec, cfg: QPSConfig, memory: MemoryModel) -> Tuple[bool, s
         need = max(spec.predicted_peak_per_process)
     else:
         need = sum(spec.predicted_peak_per_process)
+    if cfg.memory_budget_gib and cfg.memory_budget_gib * GIB < budget:
+        budget = int(cfg.memory_budget_gib * GIB)
+        if need > budget:
+            return False, (f"predicted {need / GIB:.1f} GiB > the {cfg.memory_budget_gib:g} GiB cap "
+                           "(--memory-budget-gib): skipped"), budget
     if need > budget:
         return False, (f"predicted {need / GIB:.1f} GiB > {cfg.memory_fraction:.0%} of {what} "
                        f"({budget / cfg.memory_fraction / GIB:.1f} GiB): skipped"), budget
@@ -125,6 +150,8 @@ def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> 
         "mode": spec.mode,
         "num_items": spec.num_items,
         "dedup": spec.dedup,
+        "pipeline": spec.pipeline,
+        "table_dtype": spec.table_dtype,
         "status": "ok",
         "processes": world,
         "threads_per_process": per_rank[0]["threads"],
@@ -158,12 +185,28 @@ def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> 
         rec["peak_device_bytes_per_process"] = [r["peak_device_bytes"] for r in per_rank]
     if "tower_ms" in per_rank[0]:
         rec["tower_ms"] = per_rank[0]["tower_ms"]
+    if "floor" in per_rank[0]:
+        rec["floor"] = per_rank[0]["floor"]
+    if "fast_step" in per_rank[0]:
+        pairs = zip(*[zip(r["fast_step"]["old_window_s"], r["fast_step"]["fast_window_s"]) for r in per_rank])
+        ratios = [max(o for o, _ in pair) / max(f for _, f in pair) for pair in pairs]
+        old = [world * samples / max(w) for w in zip(*[r["fast_step"]["old_window_s"] for r in per_rank])]
+        new = [world * samples / max(w) for w in zip(*[r["fast_step"]["fast_window_s"] for r in per_rank])]
+        rec["fast_step"] = {
+            "old_samples_per_s": statistics.median(old),
+            "fast_samples_per_s": statistics.median(new),
+            "ratio": statistics.median(ratios),
+            "pair_ratios": ratios,
+            "max_abs_probability_difference": max(
+                r["fast_step"]["max_abs_probability_difference"] for r in per_rank),
+        }
     return rec
 
 
 def _skip_record(spec: RunSpec, status: str, reason: str) -> Dict[str, Any]:
     return {
-        "mode": spec.mode, "num_items": spec.num_items, "dedup": spec.dedup, "status": status,
+        "mode": spec.mode, "num_items": spec.num_items, "dedup": spec.dedup,
+        "pipeline": spec.pipeline, "table_dtype": spec.table_dtype, "status": status,
         "reason": reason, "processes": spec.world_size,
         "predicted_peak_per_process": spec.predicted_peak_per_process,
         "embedding_planned_per_process": spec.embedding_per_process,
@@ -172,14 +215,15 @@ def _skip_record(spec: RunSpec, status: str, reason: str) -> Dict[str, Any]:
 
 def log_record(rec: Dict[str, Any], log: Log) -> None:
     """One record as the sweep's progress lines."""
+    label = run_label(rec["mode"], rec.get("pipeline", False), rec.get("table_dtype", "fp32"))
     if rec["status"] != "ok":
-        log(f"  {rec['mode']:<12} {rec['num_items']:>13,} {'dedup' if rec['dedup'] else 'per-slot':<8} "
+        log(f"  {label:<12} {rec['num_items']:>13,} {'dedup' if rec['dedup'] else 'per-slot':<8} "
             f"{rec['status']}: {rec['reason']}")
         return
     peak = "/".join(f"{p / GIB:.2f}" for p in rec["peak_rss_per_process"])
     pred = "/".join(f"{p / GIB:.2f}" for p in rec["predicted_peak_per_process"])
     emb = "/".join(f"{(e['weights'] + e['optimizer']) / MIB:.1f}" for e in rec["embedding_measured_per_process"])
-    line = (f"  {rec['mode']:<12} {rec['num_items']:>13,} {'dedup' if rec['dedup'] else 'per-slot':<8} "
+    line = (f"  {label:<12} {rec['num_items']:>13,} {'dedup' if rec['dedup'] else 'per-slot':<8} "
             f"{rec['global_samples_per_s']:>9.0f} samples/s global, {rec['per_process_samples_per_s']:>8.0f} per process "
             f"({rec['processes']}x{rec['threads_per_process']} threads), step {rec['step_ms']:.1f} ms "
             f"(CPU {'/'.join(f'{c:.0f}' for c in rec['cpu_ms_per_step'])} ms), "
@@ -192,6 +236,16 @@ def log_record(rec: Dict[str, Any], log: Log) -> None:
             + f" of {total:.1f} ms/step")
     if "tower_ms" in rec:
         log(f"      item tower forward+backward: {rec['tower_ms']:.1f} ms per batch")
+    if "fast_step" in rec:
+        f = rec["fast_step"]
+        log(f"      fast step (bf16 autocast + fused AdaGrad) / old, interleaved windows: {f['ratio']:.2f}x "
+            f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s); "
+            f"max |p_bf16 - p_fp32| {f['max_abs_probability_difference']:.2g}")
+    if "floor" in rec:
+        from marn_rec.benchmarks.floor import floor_lines
+
+        for line in floor_lines(rec["floor"], rec["step_ms"]):
+            log("      " + line)
 
 
 def run_isolated(spec: RunSpec, cfg: QPSConfig, memory: MemoryModel, work_dir: str,

@@ -6,7 +6,7 @@ import os
 from typing import Any, Dict, Optional
 
 from marn_rec.benchmarks.apgru import DESIGN_APGRU_MS
-from marn_rec.benchmarks.config import BASELINE
+from marn_rec.benchmarks.config import BASELINE, run_label
 from marn_rec.benchmarks.goals import GOAL_APGRU_RATIO, goal_lines, ok_runs
 from marn_rec.benchmarks.machine import GIB, MIB
 from marn_rec.benchmarks.profiling import BUCKETS
@@ -56,7 +56,8 @@ def render_qps_markdown(results: Dict[str, Any], command: Optional[str] = None) 
     ]
     baseline = {(r["num_items"], r["dedup"]): r for r in ok_runs(results["runs"], mode=BASELINE)}
     for r in results["runs"]:
-        head = f"| {r['num_items']:,} | {'on' if r['dedup'] else 'off'} | {r['mode']} | "
+        label = run_label(r["mode"], r.get("pipeline", False), r.get("table_dtype", "fp32"))
+        head = f"| {r['num_items']:,} | {'on' if r['dedup'] else 'off'} | {label} | "
         if r["status"] != "ok":
             pred = "/".join(f"{p / GIB:.1f}" for p in r.get("predicted_peak_per_process") or [])
             out.append(head + f"{r['processes']} x - | {r['status']} | | | | ({pred}) | | {r['reason']} |")
@@ -103,9 +104,49 @@ def render_qps_markdown(results: Dict[str, Any], command: Optional[str] = None) 
         "dist), optimizer (`Optimizer.step`, AdaGrad), or embedding (embedding, TBE, lookup); the rest "
         "is dense. FBGEMM's fused optimizer runs inside the TBE backward and counts as embedding; "
         "\"other\" is time inside the step but outside every op (Python, and waits such as DDP's "
-        "allreduce at the end of backward).",
+        "allreduce at the end of backward). `+pipeline`: TorchRec's `TrainPipelineSparseDist` "
+        "(the next batch's input all-to-all started before this batch's forward, its tensors "
+        "exchanged after it); `fp16`: the item tower's tables stored in fp16 (FBGEMM, fp32 output and "
+        "row-wise AdaGrad state).",
     ]
+    floor = next((r for r in results["runs"] if r["status"] == "ok" and "floor" in r), None)
+    if floor is not None:
+        out += ["", render_floor_markdown(floor["floor"], floor["step_ms"], floor["num_items"])]
     return "\n".join(out) + "\n"
+
+
+def render_floor_markdown(floor: Dict[str, Any], step_ms: Optional[float], num_items: int) -> str:
+    """The compute-floor table of a record (see :mod:`marn_rec.benchmarks.floor`)."""
+    from marn_rec.benchmarks.floor import floor_rows
+
+    g = floor["gemm"]
+    out = [
+        f"Compute floor (baseline process, {num_items:,} items, B={floor['batch_size']}, "
+        f"{floor['unique_items']} unique items, {floor['threads']} threads): FLOPs counted by "
+        "`torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions; lookups and "
+        "element-wise ops count 0), each component run on its own on the inputs it received in a "
+        f"real step, forward and backward apart. fp32 GEMM rate: {g['flop_per_s'] / 1e9:.1f} GFLOP/s "
+        f"over the {len(g['shapes'])} matmul shapes that hold {100 * g['share_of_gemm_flops']:.0f}% of "
+        f"the step's matmul FLOPs, each timed alone (a square {g['peak_shape'][0]} GEMM: "
+        f"{g['peak_flop_per_s'] / 1e9:.1f} GFLOP/s). floor = FLOPs / that rate. Component times are "
+        f"the component's forward + backward timed in isolation (median of {floor['reps']}); forward, "
+        "backward and optimizer are timed inside real steps; the whole step is the timed windows' "
+        "median.",
+        "",
+        "| component | forward GFLOP | backward GFLOP | ms | floor ms | time / floor | timed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in floor_rows(floor, step_ms):
+        ms = "-" if r["ms"] != r["ms"] else f"{r['ms']:.1f}"
+        ratio = "-" if r["ratio"] is None or r["ratio"] != r["ratio"] else f"{r['ratio']:.1f}x"
+        out.append(f"| {r['name'].strip()} | {r['forward_gflop']:.4g} | {r['backward_gflop']:.4g} | {ms} | "
+                   f"{r['floor_ms']:.1f} | {ratio} | {r['how']} |")
+    out += ["", "| GEMM shape (op: batch x m x k x n) | calls per step | GFLOP per step | GFLOP/s |",
+            "| --- | ---: | ---: | ---: |"]
+    for sh in g["shapes"]:
+        out.append(f"| {sh['op']}: {sh['batch']} x {sh['m']} x {sh['k']} x {sh['n']} | {sh['calls']} | "
+                   f"{sh['flops'] / 1e9:.3f} | {sh['flop_per_s'] / 1e9:.1f} |")
+    return "\n".join(out)
 
 
 def plot_qps(results: Dict[str, Any], path: str) -> None:
@@ -116,15 +157,17 @@ def plot_qps(results: Dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     runs = results["runs"]
-    modes = [BASELINE] + sorted({r["mode"] for r in runs if r["mode"] != BASELINE})
+    variants = sorted({(r["mode"], r.get("pipeline", False), r.get("table_dtype", "fp32")) for r in runs},
+                      key=lambda v: (v[0] != BASELINE, v))
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    for mode in modes:
+    for mode, pipe, dtype in variants:
         for dedup in (True, False):
-            rs = sorted(ok_runs(runs, mode=mode, dedup=dedup), key=lambda r: r["num_items"])
+            rs = sorted(ok_runs(runs, mode=mode, dedup=dedup, pipeline=pipe, table_dtype=dtype),
+                        key=lambda r: r["num_items"])
             if not rs:
                 continue
             style = "-o" if dedup else "--x"
-            label = f"{mode} ({'dedup' if dedup else 'per-slot'})"
+            label = f"{run_label(mode, pipe, dtype)} ({'dedup' if dedup else 'per-slot'})"
             x = [r["num_items"] for r in rs]
             axes[0].plot(x, [r["global_samples_per_s"] for r in rs], style, label=label)
             if dedup:
@@ -145,9 +188,11 @@ def plot_qps(results: Dict[str, Any], path: str) -> None:
         bottom = [0.0] * len(bars)
         for b in BUCKETS:
             vals = [r["profile_ms_per_step"][b] for r in bars]
-            axes[2].bar([r["mode"] for r in bars], vals, bottom=bottom, label=b)
+            axes[2].bar([run_label(r["mode"], r.get("pipeline", False), r.get("table_dtype", "fp32"))
+                         for r in bars], vals, bottom=bottom, label=b)
             bottom = [x + y for x, y in zip(bottom, vals)]
         axes[2].set(ylabel="ms per step (profiled, per process)", title=f"step breakdown, {largest:,} items")
+        axes[2].tick_params(axis="x", labelrotation=20, labelsize=7)
         axes[2].legend(fontsize=8)
     else:
         axes[2].text(0.5, 0.5, "no profiler pass (--profile-steps 0)", ha="center", va="center")

@@ -25,7 +25,11 @@ No public data can be downloaded here, so training runs on this generator (``doc
 * A known click probability (see :mod:`.click`), so the Bayes-optimal AUC of any eval set is the AUC
   of ``meta["click_prob"]`` against the labels.
 * A cold slice of items never appears in training (neither as candidate nor in history) and shows up
-  as eval candidates.
+  as eval candidates, and, with ``num_cold_set_batches``, as per-user candidate sets of at least
+  ``cold_set_size`` cold items (the ``"cold_sets"`` split, paper Table 5).
+* Optional per-item modality quality (missing or uninformative images, generic titles, empty
+  statistics of new items) and a redundancy knob between the image and title views; their defaults
+  leave the stream bit-identical and none of them changes a click probability.
 
 Streaming and determinism: batch ``i`` of a split is a pure function of ``(seed, split, i)``, drawn
 from its own ``torch.Generator``; no batch depends on another. Per-item content (image noise, title
@@ -51,13 +55,22 @@ from marn_rec.data.synthetic.catalog import (
     NUM_POPULARITY_LEVELS,
     ItemCatalog,
     ItemTruth,
+    ModalityQuality,
 )
-from marn_rec.data.synthetic.config import EVAL, SPLITS, TRAIN, SyntheticTaobaoConfig, _check_split
+from marn_rec.data.synthetic.config import (
+    COLD_SETS,
+    EVAL,
+    SPLITS,
+    TRAIN,
+    SyntheticTaobaoConfig,
+    _check_split,
+)
 from marn_rec.data.synthetic.loader import SyntheticBatchDataset, make_loader
 from marn_rec.data.synthetic.stream import Slots, SyntheticTaobao, shard_batch_indices
 from marn_rec.data.synthetic.users import UserInterests
 
 __all__ = [
+    "COLD_SETS",
     "EVAL",
     "MODALITY_GROUPS",
     "NUM_POPULARITY_LEVELS",
@@ -65,6 +78,7 @@ __all__ = [
     "TRAIN",
     "ItemCatalog",
     "ItemTruth",
+    "ModalityQuality",
     "Slots",
     "SyntheticBatchDataset",
     "SyntheticTaobao",

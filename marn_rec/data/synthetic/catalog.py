@@ -22,12 +22,15 @@ from marn_rec.data.synthetic.hashing import (
     _TAG_CATALOG,
     _TAG_ID_MAP,
     _TAG_IMAGE_NOISE,
+    _TAG_IMAGE_QUALITY,
     _TAG_SHOP,
     _TAG_SHOP_BIAS,
     _TAG_STAT_NOISE,
+    _TAG_STAT_QUALITY,
     _TAG_TITLE_DIM,
     _TAG_TITLE_KIND,
     _TAG_TITLE_LENGTH,
+    _TAG_TITLE_QUALITY,
     _TAG_TITLE_SLOT,
     _categorical,
     _derive_seed,
@@ -113,6 +116,18 @@ class ItemTruth:
     cold: torch.Tensor
 
 
+@dataclass
+class ModalityQuality:
+    """Which modality views of a set of items are degraded (the quality knobs of
+    :class:`SyntheticTaobaoConfig`); rows aligned with the ranks asked for, bool each."""
+
+    image_missing: torch.Tensor
+    image_uninformative: torch.Tensor
+    title_empty: torch.Tensor
+    title_generic: torch.Tensor
+    statistics_empty: torch.Tensor
+
+
 class ItemCatalog:
     """The items: popularity, categories, shops, brands, latent factors and their modality views.
 
@@ -174,6 +189,7 @@ class ItemCatalog:
     def _init_factors(self, g: torch.Generator) -> None:
         c, n = self.config, self.num_catalog_items
         centers = torch.randn(c.num_categories, c.shared_dim, generator=g)
+        self.category_centers = centers  # the part of the shared factor an item's category sets
         w = c.category_center_weight
         own = torch.randn(n, c.shared_dim, generator=g)
         self.shared = w * centers[self.category] + math.sqrt(1.0 - w * w) * own
@@ -251,6 +267,42 @@ class ItemCatalog:
             cold=self.is_cold[ranks],
         )
 
+    def modality_quality(self, ranks: torch.Tensor) -> ModalityQuality:
+        """Which of the items' modality views the quality knobs degraded (all False by default)."""
+        c = self.config
+        image_missing, image_uninformative = self._image_quality(ranks)
+        u_len = _hash_uniform(ranks, self._salt(_TAG_TITLE_LENGTH))
+        return ModalityQuality(
+            image_missing=image_missing,
+            image_uninformative=image_uninformative,
+            title_empty=u_len < c.empty_title_prob,
+            title_generic=self._generic_title(ranks),
+            statistics_empty=self._empty_statistics(ranks),
+        )
+
+    def _image_quality(self, ranks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(missing, uninformative) per item, from one hashed uniform: exclusive."""
+        c = self.config
+        if c.missing_image_prob == 0 and c.uninformative_image_prob == 0:
+            none = torch.zeros(ranks.shape, dtype=torch.bool)
+            return none, none.clone()
+        u = _hash_uniform(ranks, self._salt(_TAG_IMAGE_QUALITY))
+        missing = u < c.missing_image_prob
+        return missing, ~missing & (u < c.missing_image_prob + c.uninformative_image_prob)
+
+    def _generic_title(self, ranks: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.generic_title_prob == 0:
+            return torch.zeros(ranks.shape, dtype=torch.bool)
+        return _hash_uniform(ranks, self._salt(_TAG_TITLE_QUALITY)) < c.generic_title_prob
+
+    def _empty_statistics(self, ranks: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.cold_empty_statistics_prob == 0:
+            return torch.zeros(ranks.shape, dtype=torch.bool)
+        u = _hash_uniform(ranks, self._salt(_TAG_STAT_QUALITY))
+        return self.is_cold[ranks] & (u < c.cold_empty_statistics_prob)
+
     def shops(self, ranks: torch.Tensor) -> torch.Tensor:
         """Shops belong to categories: a block of ``num_shops // num_categories`` per category."""
         k = self.shops_per_category
@@ -276,6 +328,11 @@ class ItemCatalog:
         c = self.config
         popularity = self.popularity_feature(ranks) * 4.0 - 2.0
         drivers = torch.stack([popularity, self.quality[ranks], self.shared[ranks, 0]], 1)
+        if c.cold_empty_statistics_prob > 0:
+            # A new item's statistics show no history: least popular, nothing of its quality.
+            empty = self._empty_statistics(ranks)
+            blank = torch.tensor([-2.0, 0.0, 0.0]).expand_as(drivers)
+            drivers = torch.where(empty[:, None], blank, drivers)
         keys = ranks[:, None] * c.num_statistics + torch.arange(c.num_statistics)
         noise = _hash_normal(keys, self._salt(_TAG_STAT_NOISE))
         return drivers @ self.stat_loadings.T + c.stat_noise * noise
@@ -287,10 +344,16 @@ class ItemCatalog:
         item's image is bit-identical whichever other items are in the call (dedup on or off).
         """
         c = self.config
-        latent = torch.cat([self.shared[ranks], self.image_factor[ranks]], 1)
+        shared = self.shared[ranks]
+        if c.shared_view_weight != 1.0:
+            shared = shared * c.shared_view_weight
+        latent = torch.cat([shared, self.image_factor[ranks]], 1)
         signal = torch.zeros(ranks.numel(), c.image_dim)
         for k in range(latent.shape[1]):
             signal += latent[:, k : k + 1] * self.image_projection[k]
+        missing, uninformative = self._image_quality(ranks)
+        if c.uninformative_image_prob > 0:
+            signal = torch.where(uninformative[:, None], torch.zeros_like(signal), signal)
         # Signed sum of 3 rows of a fixed table: ~1e9 distinct noise vectors from a 1024-row table.
         keys = ranks[:, None] * 3 + torch.arange(3)
         bits = _hash_bits(keys, self._salt(_TAG_IMAGE_NOISE))
@@ -299,7 +362,10 @@ class ItemCatalog:
         noise = self.image_noise_table[rows[:, 0]] * signs[:, 0:1]
         for j in (1, 2):
             noise += self.image_noise_table[rows[:, j]] * signs[:, j : j + 1]
-        return torch.relu(signal + (c.image_noise / math.sqrt(3.0)) * noise)
+        image = torch.relu(signal + (c.image_noise / math.sqrt(3.0)) * noise)
+        if c.missing_image_prob > 0:
+            image = torch.where(missing[:, None], torch.zeros_like(image), image)
+        return image
 
     def titles(self, ranks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Concatenated title word IDs and [len(ranks)] lengths (0..title_length)."""
@@ -322,6 +388,8 @@ class ItemCatalog:
         )
         noise_word = (slot >> 8) % c.title_vocab_size
         is_category = kind < c.title_category_prob + c.title_noise_prob
+        if c.generic_title_prob > 0:  # a generic title names the category, not the item
+            is_category = is_category | self._generic_title(ranks)[:, None]
         words = torch.where(is_category, category_word, factor_word)
         words = torch.where(kind < c.title_noise_prob, noise_word, words) % c.title_vocab_size
         mask = torch.arange(h)[None, :] < lengths[:, None]
@@ -335,7 +403,10 @@ class ItemCatalog:
         Squares and a column-by-column running sum keep the draw bit-identical per item whatever
         the batch (vectorised transcendental functions may differ in the last bit by position).
         """
-        z = torch.cat([self.shared[ranks], self.title_factor[ranks]], 1)
+        shared = self.shared[ranks]
+        if self.config.shared_view_weight != 1.0:
+            shared = shared * self.config.shared_view_weight
+        z = torch.cat([shared, self.title_factor[ranks]], 1)
         weight = z * z
         cum = [weight[:, 0]]
         for d in range(1, z.shape[1]):

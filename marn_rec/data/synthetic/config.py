@@ -11,9 +11,12 @@ from marn_rec.config import MARNConfig
 
 TRAIN = "train"
 EVAL = "eval"
-SPLITS: Tuple[str, ...] = (TRAIN, EVAL)
+# Per-user candidate sets of cold items (paper Table 5); also appended to EVAL, see
+# ``num_cold_set_batches``.
+COLD_SETS = "cold_sets"
+SPLITS: Tuple[str, ...] = (TRAIN, EVAL, COLD_SETS)
 # Salts of the per-batch generators (the per-item and per-user salts are in hashing.py).
-_SPLIT_TAGS = {TRAIN: 1, EVAL: 2}
+_SPLIT_TAGS = {TRAIN: 1, EVAL: 2, COLD_SETS: 3}
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,18 @@ class SyntheticTaobaoConfig:
         cold_fraction: share of catalog items that never appear in training.
         eval_cold_share: probability that an eval candidate is a cold item.
 
+    Cold candidate sets (paper Table 5: recall@N of clicked new items among a user's candidates):
+        num_cold_set_batches: batches of the ``"cold_sets"`` split, each ``cold_set_users_per_batch``
+            users with ``cold_set_size`` distinct cold candidates each (and one history per user,
+            shared by its candidates). They are also appended to the eval split, as eval batches
+            ``num_eval_batches ..``, so a training run evaluates them (the eval batches then carry
+            ``meta["candidate_set"]``, -1 outside a set). 0 (default): no sets, the eval split as
+            before.
+        cold_set_size: candidates per set, drawn without replacement from the cold items with the
+            law of one eval candidate (a favourite category with probability ``candidate_focus``,
+            Zipf-weighted within it).
+        cold_set_users_per_batch: sets per batch.
+
     Latent factors and views:
         shared_dim, image_factor_dim, title_factor_dim: sizes of the factor parts.
         category_center_weight: share of the shared factor that is the category's centre.
@@ -48,6 +63,22 @@ class SyntheticTaobaoConfig:
             with weight ``z ** 2`` and name its sign.
         empty_title_prob: probability of an item without title words.
         stat_noise: std of the noise of each statistic.
+
+    Per-item modality quality and cross-modal redundancy (what MAF and DDMA claim to exploit; every
+    default leaves the stream bit-identical, and none of them changes a click probability or a
+    label: they degrade or reweight what the modalities show of the same latent truth):
+        missing_image_prob: share of items whose image vector is all zeros (no image).
+        uninformative_image_prob: share of items whose image shows none of their factors (the
+            per-item noise alone, a placeholder or stock photo); exclusive of a missing image.
+        generic_title_prob: share of items whose title has no factor word (category words and
+            random words only, "women's dress"); on top of ``empty_title_prob``.
+        cold_empty_statistics_prob: share of the cold (new) items whose statistics show no
+            history: popularity at the catalogue's minimum, quality and the shared factor not
+            shown, noise only (their buckets still come from the same quantile boundaries).
+        shared_view_weight: weight of the shared (modality-invariant) factor in the image and title
+            views against their own factors, i.e. the redundancy between image and title: 0 shows
+            each its own factor only, 1 (default) the shared and own factors at equal weight per
+            dimension, larger values make the two views mostly the same information.
 
     Behaviours:
         behavior_type_probs: click, cart, purchase.
@@ -89,6 +120,9 @@ class SyntheticTaobaoConfig:
     max_catalog_items: int = 1_000_000
     cold_fraction: float = 0.1
     eval_cold_share: float = 0.2
+    num_cold_set_batches: int = 0
+    cold_set_size: int = 200
+    cold_set_users_per_batch: int = 4
     shared_dim: int = 8
     image_factor_dim: int = 8
     title_factor_dim: int = 8
@@ -98,6 +132,11 @@ class SyntheticTaobaoConfig:
     title_category_prob: float = 0.2
     empty_title_prob: float = 0.02
     stat_noise: float = 0.5
+    missing_image_prob: float = 0.0
+    uninformative_image_prob: float = 0.0
+    generic_title_prob: float = 0.0
+    cold_empty_statistics_prob: float = 0.0
+    shared_view_weight: float = 1.0
     behavior_type_probs: Tuple[float, float, float] = (0.9, 0.05, 0.05)
     empty_history_prob: float = 0.05
     full_history_prob: float = 0.3
@@ -148,6 +187,9 @@ class SyntheticTaobaoConfig:
             "title_factor_dim": 1,
             "num_favorite_categories": 1,
             "affinity_proposals": 1,
+            "num_cold_set_batches": 0,
+            "cold_set_size": 1,
+            "cold_set_users_per_batch": 1,
         }
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -172,6 +214,10 @@ class SyntheticTaobaoConfig:
             "full_history_prob",
             "interest_focus",
             "candidate_focus",
+            "missing_image_prob",
+            "uninformative_image_prob",
+            "generic_title_prob",
+            "cold_empty_statistics_prob",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -180,6 +226,10 @@ class SyntheticTaobaoConfig:
             raise ValueError(f"cold_fraction must be in [0, 1), got {self.cold_fraction}")
         if self.title_noise_prob + self.title_category_prob > 1.0:
             raise ValueError("title_noise_prob + title_category_prob must be <= 1")
+        if self.missing_image_prob + self.uninformative_image_prob > 1.0:
+            raise ValueError("missing_image_prob + uninformative_image_prob must be <= 1")
+        if self.num_cold_set_batches and self.cold_fraction == 0:
+            raise ValueError("num_cold_set_batches needs cold items (cold_fraction > 0)")
         if self.empty_history_prob + self.full_history_prob > 1.0:
             raise ValueError("empty_history_prob + full_history_prob must be <= 1")
         probs = self.behavior_type_probs
@@ -203,6 +253,7 @@ class SyntheticTaobaoConfig:
             "shop_bias_std",
             "brand_bias_std",
             "stat_sensitivity_std",
+            "shared_view_weight",
         )
         for name in non_negative:
             value = getattr(self, name)
@@ -275,8 +326,13 @@ class SyntheticTaobaoConfig:
         return min(self.num_items, self.max_catalog_items)
 
     def num_batches(self, split: str) -> int:
+        """Global batches of ``split``; the eval split includes the cold-set batches."""
         _check_split(split)
-        return self.num_train_batches if split == TRAIN else self.num_eval_batches
+        if split == TRAIN:
+            return self.num_train_batches
+        if split == COLD_SETS:
+            return self.num_cold_set_batches
+        return self.num_eval_batches + self.num_cold_set_batches
 
 
 def _check_split(split: str) -> None:

@@ -21,6 +21,8 @@ _TAG_CATALOG, _TAG_ID_MAP, _TAG_USER, _TAG_FAVORITE = 11, 12, 13, 14
 _TAG_SHOP, _TAG_BRAND, _TAG_SHOP_BIAS, _TAG_BRAND_BIAS = 21, 22, 23, 24
 _TAG_IMAGE_NOISE, _TAG_STAT_NOISE = 31, 32
 _TAG_TITLE_LENGTH, _TAG_TITLE_KIND, _TAG_TITLE_DIM, _TAG_TITLE_SLOT = 41, 42, 43, 44
+# Per-item modality quality (SyntheticTaobaoConfig's quality knobs), one uniform per item each.
+_TAG_IMAGE_QUALITY, _TAG_TITLE_QUALITY, _TAG_STAT_QUALITY = 35, 45, 36
 
 
 def _mix32(x):

@@ -15,7 +15,14 @@ import torch
 from marn_rec.batch import MARNBatch, build_batch
 from marn_rec.data.synthetic import click
 from marn_rec.data.synthetic.catalog import ItemCatalog
-from marn_rec.data.synthetic.config import _SPLIT_TAGS, EVAL, SyntheticTaobaoConfig, _check_split
+from marn_rec.data.synthetic.config import (
+    _SPLIT_TAGS,
+    COLD_SETS,
+    EVAL,
+    TRAIN,
+    SyntheticTaobaoConfig,
+    _check_split,
+)
 from marn_rec.data.synthetic.hashing import _categorical, _derive_seed
 from marn_rec.data.synthetic.users import UserInterests, hash_interests, sample_users
 from marn_rec.features import bucketize_time_gap
@@ -66,6 +73,12 @@ class SyntheticTaobao:
         favorites = 0.6 ** torch.arange(config.num_favorite_categories, dtype=torch.float64)
         self._favorite_weights = favorites / favorites.sum()
         self._category_cdf = self.catalog.warm_pool.category_cdf()
+        if config.num_cold_set_batches:
+            cold = 0 if self.catalog.cold_pool is None else len(self.catalog.cold_pool)
+            if config.cold_set_size > cold:
+                raise ValueError(
+                    f"cold_set_size={config.cold_set_size} exceeds the {cold} cold items"
+                )
 
     def num_batches(self, split: str) -> int:
         return self.config.num_batches(split)
@@ -178,6 +191,75 @@ class SyntheticTaobao:
             candidates = torch.where(take_cold, cold_pool.sample(cats, u), candidates)
         return candidates
 
+    def _cold_set_candidates(
+        self, interests: UserInterests, g: torch.Generator
+    ) -> torch.Tensor:
+        """[users, cold_set_size] distinct cold items per user: weighted sampling without
+        replacement (Gumbel top-k) with the law of one eval candidate from the cold pool, i.e.
+        weight ``zipf(item) * (focus * sum_k fav_k [cat = f_k] / mass(f_k) + (1 - focus) / mass)``
+        (a favourite category without cold items gives its share to any category, as
+        :meth:`_PopularityPool.sample` does)."""
+        c = self.config
+        pool = self.catalog.cold_pool
+        assert pool is not None  # checked at construction
+        ranks = pool.ranks
+        zipf = self.catalog.zipf_weight[ranks]
+        cats = self.catalog.category[ranks]
+        n_users = interests.shared.shape[0]
+        fav = interests.favorite_categories  # [users, F]
+        fav_mass = pool.mass[fav]  # [users, F]
+        share = torch.where(fav_mass > 0, self._favorite_weights[None, :], torch.zeros_like(fav_mass))
+        any_share = (1.0 - c.candidate_focus) + c.candidate_focus * (1.0 - share.sum(1))
+        per_cat = torch.zeros(n_users, c.num_categories, dtype=torch.float64)
+        per_cat.scatter_add_(1, fav, c.candidate_focus * share / fav_mass.clamp_min(1e-300))
+        weight = zipf[None, :] * (per_cat[:, cats] + (any_share / pool.total)[:, None])
+        uniform = torch.rand(weight.shape, generator=g, dtype=torch.float64).clamp_(1e-300, 1.0)
+        keys = torch.log(weight) - torch.log(-torch.log(uniform))
+        return ranks[torch.topk(keys, c.cold_set_size, dim=1).indices]
+
+    def sample_cold_set_slots(
+        self, index: int
+    ) -> Tuple[Slots, UserInterests, torch.Tensor, torch.Tensor]:
+        """Raw draws of cold-set batch ``index`` (see :meth:`sample_slots`): each of
+        ``cold_set_users_per_batch`` users has one history and ``cold_set_size`` distinct cold
+        candidates, one sample each, user after user."""
+        c = self.config
+        if not 0 <= index < c.num_cold_set_batches:
+            raise ValueError(
+                f"cold-set batch index must be in [0, {c.num_cold_set_batches}), got {index}"
+            )
+        g = self._generator(COLD_SETS, index)
+        k, size = c.cold_set_users_per_batch, c.cold_set_size
+        users = sample_users(c, k, g)
+        interests = self.user_interests(users)
+        lengths = self._sample_lengths(k, g)
+        owner = torch.repeat_interleave(torch.arange(k), lengths)
+        history = self._sample_history(interests, owner, g)
+        type_probs = torch.tensor(c.behavior_type_probs, dtype=torch.float64)
+        types = _categorical(type_probs, owner.numel(), g)
+        gaps = self._sample_gaps(lengths, g)
+        candidates = self._cold_set_candidates(interests, g).reshape(-1)
+        # Every candidate of a user's set sees that user's history.
+        sample_user = torch.arange(k).repeat_interleave(size)
+        starts = torch.cumsum(lengths, 0) - lengths
+        sample_lengths = lengths[sample_user]
+        within = torch.arange(int(sample_lengths.sum())) - torch.repeat_interleave(
+            torch.cumsum(sample_lengths, 0) - sample_lengths, sample_lengths
+        )
+        behaviour = torch.repeat_interleave(starts[sample_user], sample_lengths) + within
+        slots = Slots(
+            users[sample_user],
+            candidates,
+            history[behaviour],
+            sample_lengths,
+            types[behaviour],
+            gaps[behaviour],
+        )
+        sample_interests = interests.take(sample_user)
+        prob = torch.sigmoid(self.click_logit(slots, sample_interests))
+        labels = torch.bernoulli(prob, generator=g)
+        return slots, sample_interests, prob, labels
+
     def _generator(self, split: str, index: int) -> torch.Generator:
         seed = _derive_seed(self.config.seed, _SPLIT_TAGS[split], index)
         return torch.Generator().manual_seed(seed)
@@ -194,6 +276,10 @@ class SyntheticTaobao:
         if index < 0:
             raise ValueError(f"batch index must be >= 0, got {index}")
         c = self.config
+        if split == COLD_SETS:
+            return self.sample_cold_set_slots(index)
+        if split == EVAL and index >= c.num_eval_batches and c.num_cold_set_batches:
+            return self.sample_cold_set_slots(index - c.num_eval_batches)
         g = self._generator(split, index)
         users = sample_users(c, c.batch_size, g)
         interests = self.user_interests(users)
@@ -223,6 +309,16 @@ class SyntheticTaobao:
             "candidate_cold": cat.is_cold[cand],
             "candidate_group": cat.category_group[cat.category[cand]],
         }
+        c = self.config
+        if split != TRAIN and c.num_cold_set_batches:
+            # -1 outside a set; a set's ID is unique over the cold-set batches.
+            set_index = index - c.num_eval_batches if split == EVAL else index
+            if set_index >= 0:
+                first = set_index * c.cold_set_users_per_batch
+                sets = first + torch.arange(cand.numel()) // c.cold_set_size
+            else:
+                sets = torch.full((cand.numel(),), -1, dtype=torch.long)
+            meta["candidate_set"] = sets
         return build_batch(
             candidate_items=candidate_ids,
             history_items=cat.ids_of_ranks(slots.history),

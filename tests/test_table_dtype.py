@@ -1,0 +1,98 @@
+"""fp16 tables (ItemTowerConfig.table_dtype, --table-dtype): the item tower's tables are stored in
+fp16 (TorchRec DataType.FP16, FBGEMM's fp16 weights under DMP), lookups still return fp32, a run
+trains, checkpoints and resumes exactly, and an fp16 checkpoint is not resumed by an fp32 run."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torchrec.modules.embedding_configs import DataType
+
+from marn_rec import MARN, MARNTrain, tiny
+from marn_rec.config import ItemTowerConfig, config_from_dict
+from marn_rec.features import TABLE_DTYPES, id_tables, property_tables, statistic_tables, title_table
+from marn_rec.testing import random_batch
+from marn_rec.training.checkpoint import CheckpointError, latest_checkpoint
+from marn_rec.training.cli import parse_train_args
+from marn_rec.training.loop import TrainConfig, _run_meta, train
+
+
+def _fp16(config=None):
+    config = config or tiny()
+    return replace(config, tower=replace(config.tower, table_dtype="fp16"))
+
+
+def test_table_configs_follow_the_dtype() -> None:
+    assert TABLE_DTYPES == ("fp32", "fp16") and ItemTowerConfig().table_dtype == "fp32"
+    tower = _fp16().tower
+    for t in id_tables(tower) + statistic_tables(tower) + [title_table(tower)]:
+        assert t.data_type == DataType.FP16, t.name
+    assert all(t.data_type == DataType.FP32 for t in id_tables(tiny().tower))
+    assert all(t.data_type == DataType.FP32 for t in property_tables(tiny().behavior))  # tiny tables
+    with pytest.raises(ValueError, match="table_dtype must be fp32 or fp16"):
+        ItemTowerConfig(table_dtype="bf16")
+    # A configuration read back from a checkpoint's meta.json keeps the dtype; older ones default.
+    from dataclasses import asdict
+
+    assert config_from_dict(asdict(_fp16())).tower.table_dtype == "fp16"
+    old = asdict(tiny())
+    del old["tower"]["table_dtype"]
+    assert config_from_dict(old).tower.table_dtype == "fp32"
+
+
+def test_unsharded_model_with_fp16_tables_returns_fp32() -> None:
+    config = _fp16()
+    model = MARN(config)
+    tables = {n: p.dtype for n, p in model.named_parameters() if ".embedding_bags." in n or ".embeddings." in n}
+    assert tables and all(
+        d == (torch.float32 if "behavior" in n else torch.float16) for n, d in tables.items()
+    ), tables
+    out = model(**random_batch(config, batch_size=6).model_inputs())
+    assert out.logits.dtype == torch.float32 and bool(torch.isfinite(out.logits).all())
+    out.logits.sum().backward()
+
+
+def _cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(preset="tiny", batch_size=16, steps=6, eval_every=3, eval_batches=2,
+                out_dir=str(out), progress=False, recall_at=(1, 2), table_dtype="fp16")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fp16_run_trains_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
+    full = train(_cfg(tmp_path / "full"))
+    assert 0.0 <= full["auc"] <= 1.0
+    train(_cfg(tmp_path / "resumed", stop_after=4))
+    # The sharded tables were written in fp16, their row-wise AdaGrad state in fp32.
+    saved = dcp.FileSystemReader(latest_checkpoint(str(tmp_path / "resumed" / "checkpoints"))).read_metadata()
+    dtypes = {k: v.properties.dtype for k, v in saved.state_dict_metadata.items() if hasattr(v, "properties")}
+    assert dtypes["model.model.tower.embedding.ebc.embedding_bags.t_item_id.weight"] == torch.float16
+    assert dtypes["model.model.tower.embedding.ec.embeddings.t_title_words.weight"] == torch.float16
+    assert dtypes["model.model.property_embedding.ebc.embedding_bags.t_behavior_type.weight"] == torch.float32
+    momentum = [d for k, d in dtypes.items() if k.startswith("optim.state.sparse.") and "t_item_id" in k]
+    assert momentum == [torch.float32]
+    assert train(_cfg(tmp_path / "resumed")) == full
+    with pytest.raises(CheckpointError, match=r"model.tower.table_dtype: checkpoint 'fp16', this run None"):
+        train(_cfg(tmp_path / "resumed", table_dtype="fp32"))
+
+
+def test_meta_of_fp32_runs_is_unchanged() -> None:
+    """fp32 (the default) is left out of the checked metadata, so checkpoints written before the
+    option existed still resume; fp16 is recorded."""
+    cfg = TrainConfig(preset="tiny")
+    meta = _run_meta(cfg, cfg.model_config(), {})
+    assert "table_dtype" not in meta["model"]["tower"] and "table_dtype" not in meta["train"]
+    cfg16 = TrainConfig(preset="tiny", table_dtype="fp16")
+    assert _run_meta(cfg16, cfg16.model_config(), {})["model"]["tower"]["table_dtype"] == "fp16"
+    assert cfg16.model_config().tower.table_dtype == "fp16"
+
+
+def test_command_line_flag(tmp_path: Path, capsys) -> None:
+    cfg = parse_train_args(["--preset", "tiny", "--table-dtype", "fp16", "--out-dir", str(tmp_path)])
+    assert cfg.table_dtype == "fp16" and cfg.model_config().tower.table_dtype == "fp16"
+    assert parse_train_args(["--preset", "tiny", "--out-dir", str(tmp_path)]).table_dtype == "fp32"
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(["--preset", "tiny", "--table-dtype", "int8", "--out-dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--table-dtype" in capsys.readouterr().err
