@@ -23,8 +23,9 @@ import torch.distributed as dist
 from torchrec.distributed.types import ShardingType
 
 from marn_rec.config import ABLATIONS, PRESETS
+from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.checkpoint import RESUME_MODES
-from marn_rec.training.loop import TrainConfig
+from marn_rec.training.loop import DENSE_DTYPES, TrainConfig
 
 SHARDING_TYPES = tuple(t.value for t in ShardingType)
 
@@ -137,6 +138,17 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
                    help=f"allowed sharding types, of {', '.join(SHARDING_TYPES)}; default: the "
                         "planner's choice (on CPU: table_wise column_wise; gloo has no "
                         "reduce-scatter for the row-wise ones)")
+    p.add_argument("--table-dtype", default=d.table_dtype, choices=list(TABLE_DTYPES),
+                   help="storage of the item tower's tables (IDs, statistics, title words): fp16 "
+                        "holds twice the rows per byte of fp32; lookups still return fp32")
+    p.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                   help="the plain loop instead of TorchRec's TrainPipelineSparseDist (which starts the "
+                        "next batch's input all-to-all behind this batch's compute; same losses)")
+    p.add_argument("--dense-dtype", default=d.dense_dtype, choices=list(DENSE_DTYPES),
+                   help="bf16: the training forward under bf16 autocast (weights, tables, optimizer "
+                        "state and evaluation stay fp32); refused without native bf16 hardware")
+    p.add_argument("--fused-optimizer", action="store_true", default=d.fused_optimizer,
+                   help="the dense AdaGrad's fused kernel instead of its Python loop")
     p.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="run the item tower once per slot instead of once per unique item")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
@@ -148,7 +160,7 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
     p.add_argument("--data", dest="data_dir", default=d.data_dir, metavar="DIR",
                    help="a prepared directory of real data (examples/prepare_*.py); without it, "
                         "the synthetic Taobao-like stream")
-    p.set_defaults(dedup=d.dedup, progress=d.progress)
+    p.set_defaults(dedup=d.dedup, progress=d.progress, pipeline=d.pipeline)
     return p
 
 

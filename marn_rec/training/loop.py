@@ -2,8 +2,19 @@
 
 ``examples/train_taobao_synthetic.py`` is a thin command line over :func:`train`. Under torchrun
 every process runs :func:`train`; NCCL is used on GPUs and gloo on CPU.
+
+Pipelined training (``TrainConfig.pipeline``, the default): TorchRec's ``TrainPipelineSparseDist``
+starts the next batch's input distribution (the sparse features' all-to-all) before this batch's
+forward, so communication runs behind compute. The pipeline reads up to two batches ahead of the
+step it trains, so the loop feeds it one *segment* at a time: the batches up to the next evaluation
+or checkpoint step (:func:`segment_lengths`). At the end of a segment the pipeline has trained every
+batch it read, the loader has yielded exactly the trained batches, and a checkpoint records the
+loader's own state: resume stays bit-identical, whatever the loader. Evaluation detaches the model
+from the pipeline (its sharded modules get their own forward back) and the next segment re-attaches
+it. Batches are validated (:func:`marn_rec.validation.validated_batches`) before they enter it.
 """
 
+import itertools
 import json
 import os
 import socket
@@ -23,6 +34,7 @@ from marn_rec.training.checkpoint import (
     save_checkpoint,
 )
 from marn_rec.config import PRESETS, MARNConfig, ablation
+from marn_rec.features import TABLE_DTYPES
 from marn_rec.data import SyntheticTaobaoConfig
 from marn_rec.training.sharding import (
     apply_embedding_optimizer,
@@ -34,7 +46,7 @@ from marn_rec.models.marn import MARN, MARNTrain
 from marn_rec.training.evaluation import evaluate
 from marn_rec.training.plots import plot_training
 from marn_rec.training.sources import prepared_data, synthetic_data
-from marn_rec.validation import validate_batch
+from marn_rec.validation import validated_batches
 
 
 @dataclass
@@ -67,6 +79,20 @@ class TrainConfig:
         progress: show a tqdm bar on rank 0.
         stop_after: stop (with a checkpoint) after this many steps, as a preemption would; a later
             run with the same configuration resumes and finishes.
+        pipeline: train with TorchRec's ``TrainPipelineSparseDist`` (the next batch's input
+            distribution overlaps this batch's forward and backward); False: the plain loop
+            (forward, backward, optimizer step, one batch at a time). Same losses (to float
+            rounding; ``tests/test_train_pipeline.py``); may change on resume.
+        table_dtype: storage of the item tower's tables, "fp32" or "fp16"
+            (:attr:`marn_rec.config.ItemTowerConfig.table_dtype`): fp16 holds twice the rows per
+            byte; lookups still return fp32.
+        dense_dtype: "fp32", or "bf16": the training forward runs under
+            ``torch.autocast(dtype=torch.bfloat16)`` (matmuls and convolutions in bf16; weights,
+            gradients, optimizer state, tables and evaluation stay fp32), only where the hardware
+            has native bf16 (AVX512-BF16 or AMX on CPUs; checked). Predictions of the same weights
+            differ from fp32 by bf16 rounding (see benchmarks/RESULTS.md, "Speed and scale").
+        fused_optimizer: the dense AdaGrad's fused kernel instead of its Python loop (same update,
+            last-bit rounding differs).
     """
 
     preset: str = "small"
@@ -90,10 +116,18 @@ class TrainConfig:
     data_dir: Optional[str] = None
     progress: bool = True
     stop_after: Optional[int] = None
+    pipeline: bool = True
+    table_dtype: str = "fp32"
+    dense_dtype: str = "fp32"
+    fused_optimizer: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
+        if self.table_dtype not in TABLE_DTYPES:
+            raise ValueError(f"table_dtype must be one of {TABLE_DTYPES}, got {self.table_dtype!r}")
+        if self.dense_dtype not in DENSE_DTYPES:
+            raise ValueError(f"dense_dtype must be one of {DENSE_DTYPES}, got {self.dense_dtype!r}")
         if self.resume not in ("auto", "required", "never"):
             raise ValueError(f"resume must be auto, required or never, got {self.resume!r}")
         for name in ("batch_size", "steps", "eval_every", "eval_batches"):
@@ -102,7 +136,11 @@ class TrainConfig:
 
     def model_config(self) -> MARNConfig:
         config = ablation(self.model, PRESETS[self.preset]())
-        changes = {k: getattr(self, k) for k in ("lambda0", "gamma") if getattr(self, k) is not None}
+        changes: Dict[str, Any] = {
+            k: getattr(self, k) for k in ("lambda0", "gamma") if getattr(self, k) is not None
+        }
+        if self.table_dtype != config.tower.table_dtype:
+            changes["tower"] = replace(config.tower, table_dtype=self.table_dtype)
         return replace(config, **changes) if changes else config
 
     def data_config(self, world_size: int) -> SyntheticTaobaoConfig:
@@ -114,6 +152,33 @@ class TrainConfig:
             num_eval_batches=self.eval_batches,
             **self.data_overrides,
         )
+
+
+DENSE_DTYPES = ("fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls natively (CPU: AVX512-BF16 or AMX, as oneDNN
+    reports it; CUDA: compute capability 8.0 and up)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def forward_context(device: torch.device, dense_dtype: str) -> Any:
+    """The context the training forward runs in: ``torch.autocast`` to bf16, or nothing.
+
+    Raises:
+        ValueError: bf16 asked for on hardware without native bf16 (it would run slower, emulated).
+    """
+    import contextlib
+
+    if dense_dtype == "fp32":
+        return contextlib.nullcontext()
+    if not native_bf16(device):
+        raise ValueError(f"dense_dtype=bf16: this {device.type} has no native bf16 (emulated bf16 is "
+                         "slower than fp32); use fp32")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def free_port() -> int:
@@ -160,26 +225,67 @@ def _all_finite(loss: torch.Tensor) -> bool:
     return bool(ok.item())
 
 
+def _finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite: one pass, no tensor-sized temporary (a sum is
+    non-finite iff some value is, short of a float64 overflow, itself a divergence)."""
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
+
 def _non_finite_parameters(model: torch.nn.Module) -> List[str]:
+    """Names of the local (shards of) floating-point state entries holding a NaN or an infinity."""
     bad = []
     for name, value in model.state_dict().items():
         tensors = value.local_shards() if hasattr(value, "local_shards") else [value]
         for t in tensors:
             t = getattr(t, "tensor", t)
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not _finite(t):
                 bad.append(name)
                 break
     return bad
 
 
-# Settings that may change between a run and its resumption.
-_NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every", "stop_after")
+def _all_ranks_finite_parameters(model: torch.nn.Module) -> List[str]:
+    """:func:`_non_finite_parameters` of this rank; collective: every rank learns whether any rank
+    found one (the first names found on this rank, or a placeholder naming another rank)."""
+    bad = _non_finite_parameters(model)
+    flag = torch.tensor([1 if bad else 0], dtype=torch.int32)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if int(flag) and not bad:
+        bad = ["(on another rank)"]
+    return bad
+
+
+# Settings that may change between a run and its resumption. ``table_dtype`` is checked through
+# the model's configuration (``model.tower.table_dtype``); the pipeline changes no value; the
+# dense precision and the fused optimizer change the rounding, not the model or its state.
+_NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every",
+                "stop_after", "pipeline", "table_dtype", "dense_dtype", "fused_optimizer")
 
 
 def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
     run = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED}
-    return json.loads(json.dumps({"train": run, "model": asdict(model_cfg), "data": data}))
+    model = asdict(model_cfg)
+    if model["tower"].get("table_dtype") == "fp32":
+        # The default, left out so that checkpoints written before the field existed still resume.
+        del model["tower"]["table_dtype"]
+    return json.loads(json.dumps({"train": run, "model": model, "data": data}))
+
+
+def segment_lengths(start: int, last_step: int, boundaries: Sequence[int]) -> Iterator[int]:
+    """Steps of each pipeline segment from ``start`` to ``last_step``: a segment ends at every
+    multiple of a positive value of ``boundaries`` (evaluation, checkpoint) and at ``last_step``.
+
+    >>> list(segment_lengths(4, 10, [3, 100]))
+    [2, 3, 1]
+    """
+    step = start
+    while step < last_step:
+        ends = [last_step] + [(step // b + 1) * b for b in boundaries if b > 0]
+        end = min(ends)
+        yield end - step
+        step = end
 
 
 def _prepare_metrics_file(path: str, step: int) -> None:
@@ -230,12 +336,16 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     )
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
-    optimizer = training_optimizer(dmp, lr=cfg.learning_rate)
+    optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer)
+    forward_in = lambda: forward_context(device, cfg.dense_dtype)  # noqa: E731
+    forward_in()  # refuses bf16 without native support, before anything is trained
     if rank == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         with open(os.path.join(cfg.out_dir, "sharding_plan.txt"), "w") as f:
             f.write(str(dmp.plan) + "\n")
-        print(f"sharding plan ({world} ranks, {device.type}):\n{plan_summary(dmp.plan)}", flush=True)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        nodes = f"{world // local} node(s) x {local} (LOCAL_WORLD_SIZE)"
+        print(f"sharding plan ({world} ranks: {nodes}, {device.type}):\n{plan_summary(dmp.plan)}", flush=True)
 
     meta = _run_meta(cfg, model_cfg, data.description)
     step = 0
@@ -260,7 +370,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 f.write(json.dumps(record) + "\n")
 
     def evaluate_now() -> Dict[str, Any]:
-        bad = _non_finite_parameters(dmp)
+        bad = _all_ranks_finite_parameters(dmp)
         if bad:
             raise TrainingDiverged(f"non-finite parameters after step {step}: {bad[:5]}")
         return evaluate(dmp, data.eval_batches(), device, model_cfg, cfg.recall_at)
@@ -269,21 +379,52 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     window: Dict[str, float] = {}
     window_steps, window_start = 0, time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress, desc="train", dynamic_ncols=True)
-    batches = iter(train_loader)
+    # Checked before a batch moves to the device or enters the pipeline.
+    batches = validated_batches(train_loader, model_cfg)
     dmp.train()
     last_step = cfg.steps if cfg.stop_after is None else min(cfg.stop_after, cfg.steps)
+    pipeline = None
+    if cfg.pipeline:
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        def model_forward(batch: MARNBatch) -> Any:
+            with forward_in():
+                return dmp(batch)
+
+        pipeline = TrainPipelineSparseDist(dmp, optimizer, device, custom_model_fwd=model_forward)
+    # Pipeline segments end at every evaluation and checkpoint step (see the module docstring).
+    segments = segment_lengths(step, last_step, [cfg.eval_every, cfg.checkpoint_every, cfg.steps])
+    segment: Optional[Iterator[MARNBatch]] = None
+    segment_left = 0
     while step < last_step:
-        batch = validate_batch(next(batches), model_cfg).to(device)
         lam = float(train_module.adv_lambda())
-        loss, _ = dmp(batch)
-        if not _all_finite(loss):
-            raise TrainingDiverged(
-                f"non-finite loss at step {step + 1} (lambda {lam:.4g}); nothing of this step was "
-                f"applied; the last checkpoint in {ckpt_root} is intact"
-            )
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        if pipeline is None:
+            batch = next(batches).to(device)
+            with forward_in():
+                loss, _ = dmp(batch)
+            if not _all_finite(loss):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step + 1} (lambda {lam:.4g}); nothing of this step "
+                    f"was applied; the last checkpoint in {ckpt_root} is intact"
+                )
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            if segment_left == 0:
+                segment_left = next(segments)
+                segment = itertools.islice(batches, segment_left)
+            loss, _, _ = pipeline.progress(segment)
+            segment_left -= 1
+            if not _all_finite(loss):
+                # The pipeline runs forward, backward and optimizer step in one call: the step is
+                # applied by the time its loss is seen. No checkpoint is written after it.
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step + 1} (lambda {lam:.4g}); the pipeline had "
+                    f"already applied this step to the weights in memory, which are abandoned; "
+                    f"the last checkpoint in {ckpt_root} (written before this step, with finite "
+                    f"parameters) is intact"
+                )
         step += 1
         logged = {**train_module.losses, **train_module.diagnostics}
         for k, v in logged.items():
@@ -302,12 +443,25 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                     f"CTR loss {means['ctr']:.4g} over steps {step - window_steps + 1}-{step} "
                     f"(a constant predictor scores 0.69); lambda {lam:.4g}"
                 )
+            if pipeline is not None:
+                # The segment ended here: nothing in flight. The sharded modules get their own
+                # forward back for evaluation; the next segment's first step re-attaches them.
+                pipeline.detach()
             last_eval = evaluate_now()
             log({"step": step, "split": "eval", **last_eval})
             if rank == 0:
                 tqdm.write(_eval_line(step, last_eval))
             window, window_steps, window_start = {}, 0, time.perf_counter()
         if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == last_step:
+            # Only finite weights are written, so the latest checkpoint is always a good one.
+            bad = _all_ranks_finite_parameters(dmp)
+            if bad:
+                raise TrainingDiverged(
+                    f"non-finite parameters after step {step}: {bad[:5]}; no checkpoint was written "
+                    f"for it; the last checkpoint in {ckpt_root} is intact"
+                )
+            # Without a pipeline, and with one at the end of its segment, the loader has yielded
+            # exactly the batches trained so far: its state is the resume point.
             save_checkpoint(ckpt_root, step, dmp, optimizer, train_loader, meta)
     bar.close()
     if not last_eval and step >= cfg.steps:

@@ -109,12 +109,17 @@ def training_optimizer(
     model: nn.Module,
     lr: float = 0.1,
     optimizer_class: Type[torch.optim.Optimizer] = torch.optim.Adagrad,
+    fused: bool = False,
 ) -> CombinedOptimizer:
     """One optimizer over everything: the fused table optimizer (sharded models) and dense AdaGrad.
 
     Step it after ``backward``; the table part has already been applied inside the backward.
+    ``fused``: the dense optimizer's fused kernel (``torch.optim.Adagrad(fused=True)``, one
+    kernel over all parameters instead of a Python loop over them: the same update, rounded
+    differently in the last bit); the default keeps the for-loop implementation.
     """
-    optimizers = [("dense", dense_optimizer(model, lr, optimizer_class))]
+    kwargs: Dict[str, Any] = {"fused": True} if fused else {}
+    optimizers = [("dense", dense_optimizer(model, lr, optimizer_class, **kwargs))]
     if isinstance(model, DistributedModelParallel):
         optimizers.insert(0, ("sparse", model.fused_optimizer))
     return CombinedOptimizer(optimizers)
