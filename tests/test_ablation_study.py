@@ -307,3 +307,16 @@ def test_modality_view_drops_a_modality_on_the_same_samples(prepared: str, tmp_p
     assert applicable_models(base, ["BaseModel+IDs", "BaseModel+CONC"]) == (["BaseModel+IDs", "BaseModel+CONC"], {})
     with pytest.raises(ValueError, match="can drop only"):
         modality_view(prepared, str(tmp_path / "v2"), ["ids"])
+
+
+def test_runs_without_a_modality_pair_with_their_full_twin() -> None:
+    from marn_rec.training.ablation import report_text
+
+    results = [{"model": m, "seed": s, "auc": a, "user_auc": 0.7, "cold_auc": c}
+               for m, s, a, c in (("BaseModel+CONC", 1, 0.75, 0.50), ("BaseModel+CONC", 2, 0.76, 0.49),
+                                  ("BaseModel+CONC without statistic", 1, 0.72, 0.60),
+                                  ("BaseModel+CONC without statistic", 2, 0.71, 0.61))]
+    text = report_text(results)
+    assert "minus the same configuration with every modality" in text
+    assert "| BaseModel+CONC without statistic | -0.0400 [" in text
+    assert "1: -0.0300, 2: -0.0500 | 0/2 |" in text
