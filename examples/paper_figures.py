@@ -38,6 +38,8 @@ def _training_args(p: CheckedArgumentParser, steps: int) -> None:
                    help="evaluation batches of per-user cold candidate sets (Table 5; 0: none)")
     p.add_argument("--cold-set-size", type=int, default=200, help="cold candidates per set")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (one process each)")
+    p.add_argument("--data", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="SyntheticTaobaoConfig fields to change, e.g. missing_image_prob=0.3")
 
 
 def _base(a, model: str, seed: int) -> TrainConfig:
@@ -45,8 +47,25 @@ def _base(a, model: str, seed: int) -> TrainConfig:
         preset=a.preset, model=model, seed=seed, steps=a.steps, batch_size=a.batch_size,
         eval_every=a.eval_every or max(1, a.steps // 8), eval_batches=a.eval_batches,
         out_dir=a.out_dir, recall_at=TABLE5_RECALL_AT, resume="never", progress=False,
-        data_overrides={"num_cold_set_batches": a.cold_set_batches, "cold_set_size": a.cold_set_size},
+        data_overrides={"num_cold_set_batches": a.cold_set_batches, "cold_set_size": a.cold_set_size,
+                        **_overrides(a.data)},
     )
+
+
+def _overrides(items: Sequence[str]) -> dict:
+    """``FIELD=VALUE`` pairs, values read as int, float or text."""
+    out = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--data: expected FIELD=VALUE, got {item!r}")
+        for cast in (int, float, str):
+            try:
+                out[field] = cast(value)
+                break
+            except ValueError:
+                continue
+    return out
 
 
 def parser() -> CheckedArgumentParser:
@@ -57,6 +76,8 @@ def parser() -> CheckedArgumentParser:
     f4.add_argument("--out", required=True, help="PNG to write (and the numbers beside it, .json)")
     f4.add_argument("--per-group", type=int, default=10_000, help="random items per category group")
     f4.add_argument("--seed", type=int, default=0, help="seed of the item draw")
+    f4.add_argument("--by", default="category", choices=("category", "image_quality"),
+                    help="rows: category groups (the paper's), or items by image quality")
     f6a = sub.add_parser("fig6a", help="adversarial loss over training")
     f6a.add_argument("--metrics", required=True, help="a run's metrics.jsonl")
     f6a.add_argument("--out", required=True, help="PNG to write")
@@ -68,8 +89,9 @@ def parser() -> CheckedArgumentParser:
                      help="lambda0 values (default: 0.01 0.02 0.05 0.1 0.2 0.5 1.0 1.8)")
     ceiling = sub.add_parser("ceiling", help="Table 3 beside the true-factor reference")
     _training_args(ceiling, steps=800)
-    ceiling.add_argument("--models", nargs="+", default=["BaseModel+IDs", "BaseModel+CONC", "MARN"],
-                         choices=list(ABLATIONS), metavar="MODEL", help="Table 3 configurations")
+    ceiling.add_argument("--models", nargs="*", default=["BaseModel+IDs", "BaseModel+CONC", "MARN"],
+                         choices=list(ABLATIONS), metavar="MODEL",
+                         help="Table 3 configurations (none: the reference alone)")
     ceiling.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per seed and model")
     return p
 
@@ -80,7 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p = parser()
     a = p.parse_args(argv)
     if a.figure == "fig4":
-        result = figures.attention_norms_from_checkpoint(a.checkpoint, a.per_group, a.seed)
+        result = figures.attention_norms_from_checkpoint(a.checkpoint, a.per_group, a.seed, by=a.by)
         figures.plot_attention_heatmap(result, a.out)
         with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
             json.dump(result, f, indent=1)
@@ -103,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         base = _base(a, "MARN", 0)
         base.data_config(1).check_fits(base.model_config())
         SyntheticTaobao(base.data_config(1))
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         p.error(str(e))
     if a.figure == "fig6b":
         lambdas = a.lambdas or figures.PAPER_LAMBDAS

@@ -322,3 +322,13 @@ def test_figure_plots_write_pngs(tmp_path) -> None:
         {"model": "Reference", "seed": 0, "auc": 0.73, "user_auc": 0.7, "cold_auc": 0.7},
     ])
     assert "| MARN | 0.6700 | 0.6000 | 0.6000 | +0.25 |" in table
+
+
+def test_items_by_image_quality_follow_the_generator_flags() -> None:
+    data = SyntheticTaobao(SyntheticTaobaoConfig.from_model_config(
+        small(), batch_size=8, missing_image_prob=0.3, uninformative_image_prob=0.2))
+    ids, groups = figures.items_by_image_quality(data.catalog, per_group=50)
+    assert torch.equal(torch.bincount(groups), torch.full((3,), 50))
+    q = data.catalog.modality_quality(data.catalog.ranks_of_ids(ids))
+    assert bool(q.image_missing[groups == 2].all()) and bool(q.image_uninformative[groups == 1].all())
+    assert not bool((q.image_missing | q.image_uninformative)[groups == 0].any())

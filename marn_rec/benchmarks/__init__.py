@@ -22,9 +22,16 @@ Every run is a fresh set of processes (peak memory is per run), all on the same 
 batches (data generation is timed separately, in the parent). Each process uses the same
 per-process batch; rank ``r`` starts ``r`` batches into the shared pool.
 
+Speed and scale adds: sharded runs stepped by TorchRec's ``TrainPipelineSparseDist`` (and, with
+``--interleave-pipeline``, timed against a plain-loop twin in interleaved windows), fp16 tables
+(``--table-dtype``), a memory cap (``--memory-budget-gib``), the compute floor of a step (``floor``:
+FLOPs per component, GEMM rate, time / floor) and the fast step against the old one
+(``--fast-step``: bf16 autocast, fused dense AdaGrad, interleaved windows).
+
 Modules: ``config`` (modes, options, one run), ``machine`` (machine facts, RSS readings),
 ``plans`` (sharding plans, embedding bytes per rank), ``memory`` (peak prediction against the
-memory free), ``profiling`` (step time by bucket), ``measure`` (one run in one process),
-``launcher`` (spawned processes), ``qps`` (the sweep), ``goals`` (the issue's ratios), ``report``
-(markdown, PNG, files), ``apgru`` (APGRU vs nn.GRU), ``cli``; library chatter is kept out by :mod:`marn_rec.quiet`.
+memory free), ``profiling`` (step time by bucket), ``floor`` (the compute floor), ``measure`` (one
+run in one process), ``launcher`` (spawned processes), ``qps`` (the sweep), ``goals`` (the issues'
+ratios), ``report`` (markdown, PNG, files), ``apgru`` (APGRU vs nn.GRU), ``cli``; library chatter
+is kept out by :mod:`marn_rec.quiet`.
 """

@@ -102,6 +102,9 @@ def qps_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-step", action="store_true",
                    help="in every run, also time the fast step (training forward under bf16 autocast, "
                         "fused dense AdaGrad) against the old one in interleaved windows")
+    p.add_argument("--interleave-pipeline", action="store_true",
+                   help="pipelined runs also time a plain-loop twin of the model in interleaved windows "
+                        "(the pipeline's effect, immune to load drift; twice the tables' memory)")
     p.add_argument("--floor-only", action="store_true",
                    help="only the baseline at the smallest size with dedup on, with its compute floor")
     p.add_argument("--baseline-threads", type=int, default=d.baseline_threads, help="threads of the baseline process")
@@ -132,7 +135,7 @@ def qps_config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> QPSCo
         pipeline={"both": [False, True], "on": [True], "off": [False]}[args.pipeline],
         table_dtypes=list(args.table_dtypes), memory_budget_gib=args.memory_budget_gib,
         floor=not args.no_floor, floor_reps=args.floor_reps, floor_only=args.floor_only,
-        fast_step=args.fast_step,
+        fast_step=args.fast_step, interleave_pipeline=args.interleave_pipeline,
     )
     unknown = [t for t in cfg.table_dtypes if t not in TABLE_DTYPES]
     if unknown:

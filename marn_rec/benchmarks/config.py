@@ -82,6 +82,9 @@ class QPSConfig:
     # The fast step against the old one, interleaved windows in every run: the training forward
     # under bf16 autocast (where the hardware has native bf16) and the dense AdaGrad's fused kernel.
     fast_step: bool = False
+    # Pipelined runs also build a plain-loop twin of the model (twice the tables' memory) and time
+    # the two in interleaved windows: the pipeline's effect, immune to a drift of the machine's load.
+    interleave_pipeline: bool = False
 
     def resolved_device(self) -> str:
         if self.device == "auto":

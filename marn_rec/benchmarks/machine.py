@@ -31,6 +31,8 @@ def machine_info() -> Dict[str, Any]:
         "memory_available_bytes": meminfo().get("MemAvailable"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        # OpenMP's wait policy: PASSIVE (threads sleep at a barrier) matters on a shared machine.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

@@ -152,6 +152,22 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         def step(i: int) -> None:
             pipeline.progress(feed)
 
+        twin_step = None
+        if cfg.interleave_pipeline:
+            # A twin of the model in the same processes, trained by the plain loop on the same
+            # batches: its windows interleave with the pipeline's (see _compare_pipeline).
+            twin_model = MARNTrain(MARN(model_cfg, device=torch.device("meta")))
+            apply_embedding_optimizer(twin_model, lr=cfg.lr)
+            twin = shard_model(twin_model, device, pg, plan=plan)
+            twin_optimizer = training_optimizer(twin, lr=cfg.lr)
+            twin.train()
+
+            def twin_step(i: int) -> None:
+                loss, _ = twin(batches[(i + rank) % len(batches)])
+                loss.backward()
+                twin_optimizer.step()
+                twin_optimizer.zero_grad()
+
     else:
 
         def step(i: int) -> None:
@@ -202,6 +218,10 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
             }
         del prof
         barrier()
+
+    if spec.pipeline and twin_step is not None:
+        out["vs_plain"] = _compare_pipeline(step, twin_step, i, cfg, device, barrier)
+        i += (cfg.windows + 1) * cfg.steps_per_window
 
     if cfg.fast_step:
         out["fast_step"] = _compare_fast(step, i, fast, cfg, device, barrier)
@@ -255,6 +275,31 @@ def _compare_fast(step, i: int, fast: Dict[str, bool], cfg: QPSConfig, device: t
     fast["on"] = False
     barrier()
     return {"old_window_s": times["old"], "fast_window_s": times["fast"]}
+
+
+def _compare_pipeline(step, plain_step, i: int, cfg: QPSConfig, device: torch.device, barrier) -> Dict[str, Any]:
+    """``cfg.windows`` pairs of timed windows, the pipelined model (``step``) and its plain-loop
+    twin (``plain_step``) interleaved, order alternating, after a warm-up window of each."""
+    times: Dict[str, List[float]] = {"plain": [], "pipelined": []}
+    j = i
+    for pair in range(-1, cfg.windows):
+        order = ("plain", "pipelined") if pair % 2 == 0 else ("pipelined", "plain")
+        for name in order:
+            _sync(device)
+            barrier()
+            t = time.perf_counter()
+            for _ in range(cfg.steps_per_window):
+                if name == "pipelined":
+                    step(i)
+                    i += 1
+                else:
+                    plain_step(j)
+                    j += 1
+            _sync(device)
+            if pair >= 0:
+                times[name].append(time.perf_counter() - t)
+    barrier()
+    return {"plain_window_s": times["plain"], "pipelined_window_s": times["pipelined"]}
 
 
 @torch.no_grad()

@@ -187,6 +187,17 @@ def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> 
         rec["tower_ms"] = per_rank[0]["tower_ms"]
     if "floor" in per_rank[0]:
         rec["floor"] = per_rank[0]["floor"]
+    if "vs_plain" in per_rank[0]:
+        pairs = zip(*[zip(r["vs_plain"]["plain_window_s"], r["vs_plain"]["pipelined_window_s"]) for r in per_rank])
+        ratios = [max(p for p, _ in pair) / max(q for _, q in pair) for pair in pairs]
+        rec["vs_plain"] = {
+            "ratio": statistics.median(ratios),
+            "pair_ratios": ratios,
+            "plain_samples_per_s": statistics.median(
+                world * samples / max(w) for w in zip(*[r["vs_plain"]["plain_window_s"] for r in per_rank])),
+            "pipelined_samples_per_s": statistics.median(
+                world * samples / max(w) for w in zip(*[r["vs_plain"]["pipelined_window_s"] for r in per_rank])),
+        }
     if "fast_step" in per_rank[0]:
         pairs = zip(*[zip(r["fast_step"]["old_window_s"], r["fast_step"]["fast_window_s"]) for r in per_rank])
         ratios = [max(o for o, _ in pair) / max(f for _, f in pair) for pair in pairs]
@@ -236,6 +247,10 @@ def log_record(rec: Dict[str, Any], log: Log) -> None:
             + f" of {total:.1f} ms/step")
     if "tower_ms" in rec:
         log(f"      item tower forward+backward: {rec['tower_ms']:.1f} ms per batch")
+    if "vs_plain" in rec:
+        v = rec["vs_plain"]
+        log(f"      pipelined / plain loop (twin model, interleaved windows): {v['ratio']:.2f}x "
+            f"({v['plain_samples_per_s']:.0f} -> {v['pipelined_samples_per_s']:.0f} samples/s)")
     if "fast_step" in rec:
         f = rec["fast_step"]
         log(f"      fast step (bf16 autocast + fused AdaGrad) / old, interleaved windows: {f['ratio']:.2f}x "

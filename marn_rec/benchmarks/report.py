@@ -23,6 +23,7 @@ def machine_line(m: Dict[str, Any]) -> str:
         f"torchrec {m.get('torchrec', '?')}",
         f"fbgemm-gpu {m.get('fbgemm_gpu', '?')}",
         f"GPU {m['cuda']}" if m.get("cuda") else "no GPU",
+        f"OMP_WAIT_POLICY={m['omp_wait_policy']}" if m.get("omp_wait_policy") else None,
     ]
     return ", ".join(p for p in parts if p)
 

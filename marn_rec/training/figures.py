@@ -110,11 +110,35 @@ def items_by_group(catalog: Any, per_group: int = 10_000, seed: int = 0,
     return catalog.ids_of_ranks(ranks), torch.cat(picked_groups)
 
 
+IMAGE_QUALITY_GROUPS = ("image shown", "image uninformative", "image missing")
+
+
+def items_by_image_quality(catalog: Any, per_group: int = 10_000,
+                           seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``per_group`` random items of each image quality (:data:`IMAGE_QUALITY_GROUPS`, the
+    generator's ``missing_image_prob`` / ``uninformative_image_prob``): (item IDs, group)."""
+    g = torch.Generator().manual_seed(seed)
+    ranks = torch.arange(catalog.num_catalog_items)
+    q = catalog.modality_quality(ranks)
+    group = torch.where(q.image_missing, 2, torch.where(q.image_uninformative, 1, 0))
+    picked, groups = [], []
+    for k in range(len(IMAGE_QUALITY_GROUPS)):
+        members = ranks[group == k]
+        take = members[torch.randperm(members.numel(), generator=g)[:per_group]]
+        picked.append(take)
+        groups.append(torch.full((take.numel(),), k, dtype=torch.long))
+    return catalog.ids_of_ranks(torch.cat(picked)), torch.cat(groups)
+
+
 def attention_norms_from_checkpoint(
-    path: str, per_group: int = 10_000, seed: int = 0, verify: bool = True
+    path: str, per_group: int = 10_000, seed: int = 0, verify: bool = True, by: str = "category"
 ) -> Dict[str, Any]:
     """Figure 4 of a trained MARN (or BaseModel+MAF...) checkpoint of the synthetic stream: the
     tower is read unsharded, the catalogue rebuilt from the checkpoint's ``meta.json``.
+
+    ``by``: "category" (the paper's rows: the category groups by signal modality) or
+    "image_quality" (items with an image shown, uninformative or missing: does the attention
+    follow an item's own modality quality?).
 
     Returns ``{"norms": [[...]] (groups x modalities), "groups": names, "modalities": names,
     "items": per group, "checkpoint": path, "step": step}``.
@@ -127,13 +151,20 @@ def attention_norms_from_checkpoint(
     info = CheckpointInfo(path, verify=verify)
     tower = load_tower(info)
     catalog = ItemCatalog(synthetic_config_from_meta(info.meta["data"]))
-    ids, groups = items_by_group(catalog, per_group, seed)
-    norms = maf_attention_norms(tower, catalog.features, ids, groups, len(MODALITY_GROUPS))
+    if by == "category":
+        ids, groups = items_by_group(catalog, per_group, seed)
+        names = [f"{g} signal" for g in MODALITY_GROUPS]
+    elif by == "image_quality":
+        ids, groups = items_by_image_quality(catalog, per_group, seed)
+        names = list(IMAGE_QUALITY_GROUPS)
+    else:
+        raise ValueError(f"by must be 'category' or 'image_quality', got {by!r}")
+    norms = maf_attention_norms(tower, catalog.features, ids, groups, len(names))
     return {
         "norms": norms.tolist(),
-        "groups": [f"{g} signal" for g in MODALITY_GROUPS],
+        "groups": names,
         "modalities": list(info.config.tower.modalities),
-        "items": torch.bincount(groups, minlength=len(MODALITY_GROUPS)).tolist(),
+        "items": torch.bincount(groups, minlength=len(names)).tolist(),
         "checkpoint": info.path,
         "step": info.step,
     }
@@ -384,6 +415,7 @@ __all__ = [
     "attention_norms_from_checkpoint",
     "ceiling_tables",
     "items_by_group",
+    "items_by_image_quality",
     "lambda_sweep",
     "maf_attention_norms",
     "plot_adversarial_loss",
