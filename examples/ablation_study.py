@@ -2,6 +2,8 @@
 stream (default) or on a prepared directory of real data (--data).
 
     python examples/ablation_study.py --seeds 1 2 3 --steps 1500
+    python examples/ablation_study.py --seeds 1 2 3 --models BaseModel+CONC BaseModel+MAF \\
+        --synthetic missing_image_prob=0.3 generic_title_prob=0.3 --out-dir runs/ablation_quality
     python examples/ablation_study.py --data data/ml-100k/prepared --seeds 1 2 3 --steps 2000 \\
         --eval-every 200 --out-dir runs/ablation_movielens
 
@@ -23,6 +25,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from marn_rec.config import ABLATIONS, PRESETS
+from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.ablation import (
     applicable_models,
     read_results,
@@ -37,7 +40,8 @@ from marn_rec.training.ablation.views import (
     modality_view,
     without_suffix,
 )
-from marn_rec.training.cli import CheckedArgumentParser, writable_dir_problem
+from marn_rec.training.cli import CheckedArgumentParser, synthetic_overrides, writable_dir_problem
+from marn_rec.training.evaluation import TABLE5_RECALL_AT
 from marn_rec.training.loop import TrainConfig
 
 
@@ -49,6 +53,9 @@ def parser() -> CheckedArgumentParser:
     p.add_argument("--drop-modalities", nargs="+", default=[], choices=list(DROPPABLE), metavar="MODALITY",
                    help=f"with --data: train without these modalities of the data (of "
                         f"{', '.join(DROPPABLE)}), on OUT_DIR/data_view (the same samples)")
+    p.add_argument("--synthetic", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="knobs of the synthetic stream (SyntheticTaobaoConfig fields), e.g. "
+                        "missing_image_prob=0.3 shared_view_weight=0 behavior_type_weights=1,1,1")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed and model")
     p.add_argument("--models", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
                    metavar="MODEL", help=f"Table 3 configurations, of {', '.join(ABLATIONS)}")
@@ -61,6 +68,13 @@ def parser() -> CheckedArgumentParser:
     p.add_argument("--eval-batches", type=int, default=32,
                    help="evaluation batches of every run (synthetic stream; --data evaluates the "
                         "whole test split)")
+    p.add_argument("--cold-set-batches", type=int, default=16,
+                   help="synthetic stream: evaluation batches of per-user candidate sets of cold items "
+                        "(Table 5's recall@N; 0: none)")
+    p.add_argument("--cold-set-size", type=int, default=200,
+                   help="synthetic stream: cold candidates per set (the paper: at least 100)")
+    p.add_argument("--table-dtype", default="fp32", choices=list(TABLE_DTYPES),
+                   help="storage of the item tower's tables of every run (fp16: half the bytes)")
     p.add_argument("--lr", type=float, default=0.1, dest="learning_rate", metavar="LR",
                    help="AdaGrad learning rate of every run (paper section 4.1: 0.1)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one process each)")
@@ -104,6 +118,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--lr must be a number > 0, got {a.learning_rate}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
+    if a.synthetic and a.data_dir:
+        p.error("--synthetic changes the synthetic stream; it does not apply to --data")
+    try:
+        overrides = synthetic_overrides(a.synthetic)
+    except ValueError as e:
+        p.error(str(e))
+    if not a.data_dir:
+        for flag, value in (("--cold-set-batches", a.cold_set_batches), ("--cold-set-size", a.cold_set_size)):
+            if value < 0 or (flag == "--cold-set-size" and value < 1):
+                p.error(f"{flag} must be {'>= 0' if flag == '--cold-set-batches' else '>= 1'}, got {value}")
+        overrides = {"num_cold_set_batches": a.cold_set_batches, "cold_set_size": a.cold_set_size,
+                     **overrides}
     if a.merge and not a.report_only:
         p.error("--merge needs --report-only")
     for d in a.merge:
@@ -125,14 +151,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 p.error(f"--data {a.data_dir}: not a prepared directory ({e})")
         base = TrainConfig(preset=a.preset, steps=a.steps, batch_size=a.batch_size,
                            eval_every=eval_every, eval_batches=a.eval_batches,
-                           learning_rate=a.learning_rate, out_dir=a.out_dir, data_dir=data_dir)
+                           learning_rate=a.learning_rate, out_dir=a.out_dir, data_dir=data_dir,
+                           data_overrides=overrides, recall_at=TABLE5_RECALL_AT,
+                           table_dtype=a.table_dtype)
         try:
             models, skipped = applicable_models(base, a.models)
             if not a.data_dir:
                 base.data_config(1).check_fits(base.model_config())
         except (OSError, KeyError) as e:
             p.error(f"--data {a.data_dir}: not a prepared directory ({e})")
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             p.error(str(e))
         for model, reason in skipped.items():
             print(f"skipped {model}: {reason}", flush=True)

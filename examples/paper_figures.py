@@ -21,7 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from marn_rec.config import ABLATIONS, PRESETS
-from marn_rec.training.cli import CheckedArgumentParser, writable_dir_problem
+from marn_rec.training.cli import CheckedArgumentParser, synthetic_overrides, writable_dir_problem
 from marn_rec.training.evaluation import TABLE5_RECALL_AT
 from marn_rec.training.loop import TrainConfig
 
@@ -38,8 +38,9 @@ def _training_args(p: CheckedArgumentParser, steps: int) -> None:
                    help="evaluation batches of per-user cold candidate sets (Table 5; 0: none)")
     p.add_argument("--cold-set-size", type=int, default=200, help="cold candidates per set")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (one process each)")
-    p.add_argument("--data", nargs="*", default=[], metavar="FIELD=VALUE",
-                   help="SyntheticTaobaoConfig fields to change, e.g. missing_image_prob=0.3")
+    p.add_argument("--synthetic", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="knobs of the synthetic stream (SyntheticTaobaoConfig fields), e.g. "
+                        "missing_image_prob=0.3")
 
 
 def _base(a, model: str, seed: int) -> TrainConfig:
@@ -48,24 +49,8 @@ def _base(a, model: str, seed: int) -> TrainConfig:
         eval_every=a.eval_every or max(1, a.steps // 8), eval_batches=a.eval_batches,
         out_dir=a.out_dir, recall_at=TABLE5_RECALL_AT, resume="never", progress=False,
         data_overrides={"num_cold_set_batches": a.cold_set_batches, "cold_set_size": a.cold_set_size,
-                        **_overrides(a.data)},
+                        **synthetic_overrides(a.synthetic)},
     )
-
-
-def _overrides(items: Sequence[str]) -> dict:
-    """``FIELD=VALUE`` pairs, values read as int, float or text."""
-    out = {}
-    for item in items:
-        field, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--data: expected FIELD=VALUE, got {item!r}")
-        for cast in (int, float, str):
-            try:
-                out[field] = cast(value)
-                break
-            except ValueError:
-                continue
-    return out
 
 
 def parser() -> CheckedArgumentParser:

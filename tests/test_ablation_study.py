@@ -280,6 +280,12 @@ def test_command_line_refusals(tmp_path: Path) -> None:
         (["--data", str(tmp_path / "nothing")], "not a prepared directory"),
         (["--steps", "0"], "--steps must be a positive integer"),
         (["--seeds", "1", "1"], "lists a seed twice"),
+        (["--synthetic", "no_such_knob=1"], "not a field of SyntheticTaobaoConfig"),
+        (["--synthetic", "seed=3"], "set by the run itself"),
+        (["--synthetic", "missing_image_prob=2"], "missing_image_prob must be in [0, 1]"),
+        (["--synthetic", "behavior_type_weights=1,1"], "takes tuple"),
+        (["--synthetic", "missing_image_prob=0.1", "--data", str(tmp_path)], "does not apply to --data"),
+        (["--cold-set-size", "0"], "--cold-set-size must be >= 1"),
     ):
         proc = subprocess.run([sys.executable, script, *args, "--out-dir", str(tmp_path / "o")],
                               capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -320,3 +326,18 @@ def test_runs_without_a_modality_pair_with_their_full_twin() -> None:
     assert "minus the same configuration with every modality" in text
     assert "| BaseModel+CONC without statistic | -0.0400 [" in text
     assert "1: -0.0300, 2: -0.0500 | 0/2 |" in text
+
+
+def test_synthetic_overrides_are_typed_and_reach_the_stream() -> None:
+    from marn_rec.training.cli import synthetic_overrides
+
+    got = synthetic_overrides(["missing_image_prob=0.25", "behavior_type_weights=1,1,1",
+                               "num_favorite_categories=2", "recency_half_life_s=1e12"])
+    assert got == {"missing_image_prob": 0.25, "behavior_type_weights": (1.0, 1.0, 1.0),
+                   "num_favorite_categories": 2, "recency_half_life_s": 1e12}
+    cfg = TrainConfig(preset="tiny", steps=2, data_overrides=got).data_config(1)
+    assert cfg.missing_image_prob == 0.25 and cfg.behavior_type_weights == (1.0, 1.0, 1.0)
+    for bad in (["x"], ["missing_image_prob=nan"], ["num_favorite_categories=2.5"],
+                ["missing_image_prob=0.1", "missing_image_prob=0.2"]):
+        with pytest.raises(ValueError, match="--synthetic"):
+            synthetic_overrides(bad)

@@ -175,3 +175,14 @@ def test_floor_only_with_the_fast_step(tmp_path, capsys) -> None:
     assert len(fast["pair_ratios"]) == QUICK["windows"] and fast["ratio"] > 0
     assert 0 <= fast["max_abs_probability_difference"] < 0.05
     assert any(line.startswith("ratio fast/old step samples/s [baseline") for line in out.splitlines())
+
+
+def test_fast_step_runs_by_default_at_the_smallest_size_only() -> None:
+    args = cli.qps_parser().parse_args([])
+    cfg = QPSConfig(sizes=[1000, 10_000], fast_step=args.fast_step)
+    assert [cfg.fast_step_at(1000), cfg.fast_step_at(1000, dedup=False), cfg.fast_step_at(10_000)] == [
+        True, False, False]
+    assert cli.qps_parser().parse_args(["--fast-step"]).fast_step == "all"
+    assert not QPSConfig(fast_step="off").fast_step_at(min(QPSConfig().sizes))
+    with pytest.raises(ValueError, match="fast_step"):
+        QPSConfig(fast_step="sometimes").fast_step_at(1000)

@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional, Sequence
 
 from marn_rec.benchmarks.apgru import APGRU_QUICK, APGRUConfig, run_apgru
-from marn_rec.benchmarks.config import QUICK, RECORDS_DIR, QPSConfig
+from marn_rec.benchmarks.config import FAST_STEP_MODES, QUICK, RECORDS_DIR, QPSConfig
 from marn_rec.benchmarks.goals import goal_lines
 from marn_rec.benchmarks.qps import run_qps
 from marn_rec.benchmarks.report import plot_qps, render_apgru_markdown, render_qps_markdown, write_outputs
@@ -99,9 +99,10 @@ def qps_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-floor", action="store_true",
                    help="skip the compute floor (FLOPs per component, GEMM rate, time/floor)")
     p.add_argument("--floor-reps", type=int, default=d.floor_reps, help="timed passes of each component for the floor")
-    p.add_argument("--fast-step", action="store_true",
-                   help="in every run, also time the fast step (training forward under bf16 autocast, "
-                        "fused dense AdaGrad) against the old one in interleaved windows")
+    p.add_argument("--fast-step", nargs="?", const="all", default=d.fast_step, choices=FAST_STEP_MODES,
+                   help="runs that also time the fast step (training forward under bf16 autocast, "
+                        "fused dense AdaGrad) against the old one in interleaved windows: those of "
+                        "the smallest size, all (the flag alone) or none")
     p.add_argument("--interleave-pipeline", action="store_true",
                    help="pipelined runs also time a plain-loop twin of the model in interleaved windows "
                         "(the pipeline's effect, immune to load drift; twice the tables' memory)")

@@ -40,6 +40,9 @@ def run_label(mode: str, pipeline: bool = False, table_dtype: str = "fp32") -> s
     return mode + ("+pipeline" if pipeline else "") + (f" {table_dtype}" if table_dtype != "fp32" else "")
 
 
+FAST_STEP_MODES = ("off", "smallest", "all")
+
+
 @dataclass
 class QPSConfig:
     """Options of :func:`~marn_rec.benchmarks.qps.run_qps` (the flags of ``benchmarks/qps.py``)."""
@@ -79,12 +82,22 @@ class QPSConfig:
     floor: bool = True
     floor_reps: int = 5
     floor_only: bool = False
-    # The fast step against the old one, interleaved windows in every run: the training forward
-    # under bf16 autocast (where the hardware has native bf16) and the dense AdaGrad's fused kernel.
-    fast_step: bool = False
+    # The fast step against the old one in interleaved windows: the training forward under bf16
+    # autocast (where the hardware has native bf16) and the dense AdaGrad's fused kernel. "smallest":
+    # in the runs of the smallest size with dedup on (the default: the ratio in every full sweep, at the cost of
+    # one size's extra windows), "all": every run, "off".
+    fast_step: str = "smallest"
     # Pipelined runs also build a plain-loop twin of the model (twice the tables' memory) and time
     # the two in interleaved windows: the pipeline's effect, immune to a drift of the machine's load.
     interleave_pipeline: bool = False
+
+    def fast_step_at(self, num_items: int, dedup: bool = True) -> bool:
+        """Whether a run of ``num_items`` (item tower over unique items if ``dedup``) compares the
+        fast step with the old one."""
+        if self.fast_step not in FAST_STEP_MODES:
+            raise ValueError(f"fast_step must be one of {FAST_STEP_MODES}, got {self.fast_step!r}")
+        return self.fast_step == "all" or (
+            self.fast_step == "smallest" and dedup and num_items == min(self.sizes))
 
     def resolved_device(self) -> str:
         if self.device == "auto":

@@ -85,6 +85,7 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
     # ``fast``: the fast step (bf16 autocast forward, fused dense AdaGrad) instead of the old one;
     # switched between timed windows when ``cfg.fast_step`` compares the two.
     fast = {"on": False}
+    fast_step = cfg.fast_step_at(spec.num_items, spec.dedup)
     if spec.mode == BASELINE:
         model = MARNTrain(MARN(model_cfg, device=device))
         optimizers, tables = sparse_baseline(model, cfg.lr)
@@ -92,7 +93,7 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         out["emb_optimizer_bytes"] = sum(local_bytes(optimizers[0].state[p]["sum"]) for p in tables)
         step_model = model
         fast_optimizers = optimizers
-        if cfg.fast_step:
+        if fast_step:
             fast_optimizers = [optimizers[0], _fused_like(optimizers[1])]
 
         def optimizer_step() -> None:
@@ -107,7 +108,7 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         apply_embedding_optimizer(model, lr=cfg.lr)
         dmp = shard_model(model, device, pg, plan=plan)
         old_optimizer = training_optimizer(dmp, lr=cfg.lr)
-        fast_optimizer = training_optimizer(dmp, lr=cfg.lr, fused=True) if cfg.fast_step else old_optimizer
+        fast_optimizer = training_optimizer(dmp, lr=cfg.lr, fused=True) if fast_step else old_optimizer
         from torch.distributed._shard.sharded_tensor import ShardedTensor
 
         out["emb_weights_bytes"] = sum(
@@ -223,7 +224,7 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         out["vs_plain"] = _compare_pipeline(step, twin_step, i, cfg, device, barrier)
         i += (cfg.windows + 1) * cfg.steps_per_window
 
-    if cfg.fast_step:
+    if fast_step:
         out["fast_step"] = _compare_fast(step, i, fast, cfg, device, barrier)
         i += 2 * (cfg.windows + 1) * cfg.steps_per_window
         if spec.pipeline:

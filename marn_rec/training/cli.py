@@ -100,6 +100,52 @@ def writable_dir_problem(path: str) -> Optional[str]:
     return None
 
 
+def synthetic_overrides(items: Sequence[str]) -> dict:
+    """``FIELD=VALUE`` pairs (``--synthetic``) as :class:`SyntheticTaobaoConfig` field values, each
+    read as the field's type (tuples as comma-separated numbers). Raises ``ValueError`` naming the
+    pair for an unknown field, a field the run sets itself, or a value of the wrong type; the
+    config's own checks (ranges, probabilities) run when the stream is built."""
+    from marn_rec.data.synthetic import SyntheticTaobaoConfig
+
+    # Sizes follow the model config and the budget follows the run: not knobs.
+    owned = {"seed", "batch_size", "num_train_batches", "num_eval_batches", "num_items", "num_shops",
+             "num_brands", "num_categories", "title_vocab_size", "title_length", "image_dim",
+             "num_statistics", "max_history", "num_time_buckets"}
+    known = {f.name: f for f in fields(SyntheticTaobaoConfig) if f.name not in owned}
+    defaults = SyntheticTaobaoConfig.__dataclass_fields__
+    out: dict = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--synthetic {item!r}: expected FIELD=VALUE")
+        if name not in known:
+            why = "set by the run itself" if name in owned else "not a field of SyntheticTaobaoConfig"
+            raise ValueError(f"--synthetic {item!r}: {name} is {why}; knobs: {', '.join(sorted(known))}")
+        if name in out:
+            raise ValueError(f"--synthetic sets {name} twice")
+        default = defaults[name].default
+        try:
+            if isinstance(default, tuple):
+                value: Any = tuple(type(d)(v) for d, v in zip(default, text.split(",")))
+                if len(value) != len(default) or len(text.split(",")) != len(default):
+                    raise ValueError
+            elif isinstance(default, bool):
+                value = {"true": True, "false": False}[text.lower()]
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError
+            else:
+                value = text
+        except (ValueError, KeyError):
+            raise ValueError(f"--synthetic {item!r}: {name} takes {type(default).__name__} "
+                             f"like {default!r}, got {text!r}") from None
+        out[name] = value
+    return out
+
+
 def _preset_value(preset: str, name: str) -> Any:
     return getattr(PRESETS[preset](), name)
 
@@ -292,6 +338,7 @@ def main(
 
 
 __all__: List[str] = [
+    "synthetic_overrides",
     "CheckedArgumentParser",
     "HelpFormatter",
     "SHARDING_TYPES",
