@@ -214,11 +214,13 @@ def adversarial_curves(metrics_path: str) -> Dict[str, List[float]]:
 
 
 def plot_adversarial_loss(metrics_path: str, png_path: str, num_modalities: int = 4) -> None:
-    """Paper Figure 6(a): left, the total and CTR losses; right, the adversarial loss ``L_ADV``
-    and D1's cross-entropy against ln M (a confused D1), with lambda on a second axis."""
+    """Paper Figure 6(a) and the game behind it, three panels: the total and CTR losses; the
+    adversarial loss ``L_ADV`` and D1's cross-entropy against ln M (a confused D1), with lambda on a
+    second axis; and the state of the invariant branch: the D0 and Ds losses, the mean ``w_m`` and
+    the rms of ``s`` and ``c`` (``rep = s + c``: a ``c`` that fades means DDMA's branch collapsed)."""
     plt = _pyplot()
     c = adversarial_curves(metrics_path)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.4))
     for key in ("total_loss", "ctr_loss"):
         if key in c:
             left.plot(c["step"], c[key], ".-", label=key)
@@ -228,14 +230,22 @@ def plot_adversarial_loss(metrics_path: str, png_path: str, num_modalities: int 
     for key, label in (("d1_loss", "L_ADV (eq. 7, sum over modalities of w_m CE)"),
                        ("d1_ce", "D1 cross-entropy (unweighted)")):
         if key in c:
-            right.plot(c["step"], c[key], ".-", label=label)
-    right.axhline(math.log(num_modalities), color="grey", ls="--", lw=1, label=f"ln {num_modalities}")
-    right.set_xlabel("step")
-    right.set_title("adversarial loss (paper Figure 6(a))")
+            middle.plot(c["step"], c[key], ".-", label=label)
+    middle.axhline(math.log(num_modalities), color="grey", ls="--", lw=1, label=f"ln {num_modalities}")
+    middle.set_xlabel("step")
+    middle.set_title("adversarial loss (paper Figure 6(a))")
     if "lambda" in c:
-        twin = right.twinx()
+        twin = middle.twinx()
         twin.plot(c["step"], c["lambda"], color="tab:red", lw=0.8, alpha=0.6)
         twin.set_ylabel("lambda", color="tab:red")
+    middle.legend(fontsize=8)
+    for key, label in (("d0_loss", "L_D0"), ("ds_loss", "L_Ds"), ("w_mean", "mean w_m"),
+                       ("s_rms", "rms of s"), ("c_rms", "rms of c")):
+        if key in c:
+            right.plot(c["step"], c[key], ".-", label=label)
+    right.axhline(math.log(num_modalities), color="grey", ls="--", lw=1)
+    right.set_xlabel("step")
+    right.set_title("the invariant branch: discriminators, w_m, |s|, |c|")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
