@@ -73,7 +73,8 @@ def test_qps_quick_end_to_end(tmp_path, capsys) -> None:
     lines; outputs are written. (No timing is asserted.)"""
     threads = torch.get_num_threads()
     # One baseline thread: a 2-thread OpenMP process stalls for long when other work holds a core.
-    argv = ["--quick", "--sharding-types", "column_wise", "--baseline-threads", "1", "--out-dir", str(tmp_path)]
+    argv = ["--quick", "--sharding-types", "column_wise", "--baseline-threads", "1", "--interleave-pipeline",
+            "--out-dir", str(tmp_path)]
     assert cli.qps_main(argv) == 0
     assert torch.get_num_threads() == threads
     out = capsys.readouterr().out
@@ -98,8 +99,15 @@ def test_qps_quick_end_to_end(tmp_path, capsys) -> None:
         # The live modules hold exactly what the plan says, rank by rank.
         assert r["embedding_measured_per_process"] == r["embedding_planned_per_process"]
         assert set(r["profile_ms_per_step"]) == set(BUCKETS)
-    # The floor is measured once: in the baseline run of the smallest size, dedup on.
+    # The floor is measured once: in the baseline run of the smallest size, dedup on; the fast step
+    # by default in every run of the smallest size with dedup on; the plain-loop twin in the
+    # pipelined runs (--interleave-pipeline).
     assert [("floor" in r) for r in results["runs"]] == [True, False, False, False, False, False]
+    assert [("fast_step" in r) for r in results["runs"]] == [True, True, True, False, False, False]
+    assert [("vs_plain" in r) for r in results["runs"]] == [r["pipeline"] for r in results["runs"]]
+    assert all(r["vs_plain"]["ratio"] > 0 for r in results["runs"] if r["pipeline"])
+    assert "pipelined / plain loop (twin model, interleaved windows)" in out
+    assert any(line.startswith("ratio fast/old step samples/s [baseline") for line in out.splitlines())
     md = (tmp_path / "qps.md").read_text()
     assert md.startswith("## ") and "column_wise+pipeline" in md and "| whole step |" in md
     assert os.path.getsize(tmp_path / "qps.png") > 0
