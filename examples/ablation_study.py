@@ -24,7 +24,7 @@ import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from marn_rec.config import ABLATIONS, PRESETS
+from marn_rec.config import ABLATIONS, PRESETS, REFERENCE
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.ablation import (
     applicable_models,
@@ -57,8 +57,11 @@ def parser() -> CheckedArgumentParser:
                    help="knobs of the synthetic stream (SyntheticTaobaoConfig fields), e.g. "
                         "missing_image_prob=0.3 shared_view_weight=0 behavior_type_weights=1,1,1")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed and model")
-    p.add_argument("--models", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS),
-                   metavar="MODEL", help=f"Table 3 configurations, of {', '.join(ABLATIONS)}")
+    p.add_argument("--models", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS) + [REFERENCE],
+                   metavar="MODEL", help=f"Table 3 configurations, of {', '.join(ABLATIONS)}; or "
+                                         f"{REFERENCE} (synthetic stream: BaseModel on the generator's "
+                                         f"true item factors, the reachable ceiling, with each model's "
+                                         f"share of the IDs-to-reference gap)")
     p.add_argument("--preset", default="small", choices=list(PRESETS), help="model sizes")
     p.add_argument("--steps", type=int, default=1500, help="training steps of every run")
     p.add_argument("--batch-size", type=int, default=256, help="samples per step")

@@ -229,11 +229,18 @@ ABLATIONS: Dict[str, Dict[str, object]] = {
 }
 
 
+# Not a Table 3 row: the reachable ceiling on the synthetic stream (marn_rec.models.reference),
+# BaseModel's GRU and head over every modality's batch, its item tower replaced by a map of the
+# generator's true item factors. Selected by name like an ablation; needs the synthetic stream.
+REFERENCE = "Reference"
+REFERENCE_ABLATION: Dict[str, object] = dict(fusion="sum", adversarial="none", sequence="gru")
+
+
 def ablation(name: str, base: MARNConfig) -> MARNConfig:
-    """The Table 3 configuration ``name`` at the sizes of ``base``."""
-    if name not in ABLATIONS:
-        raise ValueError(f"unknown ablation {name!r}; known: {list(ABLATIONS)}")
-    changes = dict(ABLATIONS[name])
+    """The Table 3 configuration ``name`` (or :data:`REFERENCE`) at the sizes of ``base``."""
+    if name not in ABLATIONS and name != REFERENCE:
+        raise ValueError(f"unknown ablation {name!r}; known: {list(ABLATIONS) + [REFERENCE]}")
+    changes = dict(REFERENCE_ABLATION if name == REFERENCE else ABLATIONS[name])
     sequence = changes.pop("sequence")
     # Single-modality baselines need that modality in the data; the others keep the base's.
     wanted: Optional[Tuple[str, ...]] = changes.pop("modalities", None)  # type: ignore[assignment]

@@ -332,3 +332,30 @@ def test_items_by_image_quality_follow_the_generator_flags() -> None:
     q = data.catalog.modality_quality(data.catalog.ranks_of_ids(ids))
     assert bool(q.image_missing[groups == 2].all()) and bool(q.image_uninformative[groups == 1].all())
     assert not bool((q.image_missing | q.image_uninformative)[groups == 0].any())
+
+
+def test_reference_selected_by_name_trains_in_the_loop(tmp_path) -> None:
+    """``model="Reference"`` goes through the ordinary training loop (meta device, DMP, checkpoint)
+    with the true-factor tower; its run says so, and real data is refused."""
+    from marn_rec.config import REFERENCE
+    from marn_rec.training.loop import TrainConfig
+
+    cfg = TrainConfig(preset="tiny", model="BaseModel+CONC", steps=4, batch_size=16, eval_every=4,
+                      eval_batches=2, out_dir=str(tmp_path / "ref"), progress=False, resume="never")
+    (record,) = figures.train_runs([(cfg, True)], jobs=1)
+    assert record["model"] == REFERENCE and record["diverged"] is None and 0.0 <= record["auc"] <= 1.0
+    meta = json.loads(next((tmp_path / "ref" / "checkpoints").glob("step_*/meta.json")).read_text())
+    assert REFERENCE in json.dumps(meta)
+    with pytest.raises(ValueError, match="true item factors"):
+        TrainConfig(model=REFERENCE, data_dir=str(tmp_path))
+
+
+def test_ablation_report_gives_each_models_share_of_the_reference_gap() -> None:
+    from marn_rec.training.ablation.report import gap_share_table
+
+    runs = [{"model": m, "seed": s, "auc": a} for m, s, a in (
+        ("BaseModel+IDs", 1, 0.60), ("Reference", 1, 0.70), ("MARN", 1, 0.65),
+        ("BaseModel+IDs", 2, 0.62), ("Reference", 2, 0.66), ("MARN", 2, 0.652))]
+    table = gap_share_table(runs)
+    assert "| MARN | +0.65 | +0.50 | +0.80 |" in table and "| (gap, AUC points) | 7.00 | 10.00 | 4.00 |" in table
+    assert gap_share_table([r for r in runs if r["model"] != "Reference"]) == ""

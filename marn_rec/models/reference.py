@@ -15,34 +15,21 @@ factors, the quality, the popularity feature, the ID-only offset (item + shop + 
 category group (one-hot), the group's signal factor (image, title or quality, zero elsewhere) and
 the category's centre (what makes two items of a category alike in the behaviour term).
 
-Selecting it by name (:data:`REFERENCE`) needs one hook where the model is built
-(``marn_rec.training.loop.train``); until it lands, :func:`reference_in_training_loop` patches that
-constructor for one run. The hook to add, right after ``model = MARNTrain(MARN(...), ...)``::
-
-    if cfg.model == REFERENCE:  # from marn_rec.models.reference import REFERENCE, install_reference_tower
-        if cfg.data_dir:
-            raise ValueError("the Reference needs the synthetic stream's truth")
-        install_reference_tower(model.model, cfg.data_config(world))
-
-and, in ``marn_rec.config.ABLATIONS``, ``REFERENCE: REFERENCE_ABLATION`` (BaseModel's GRU and head;
-the features a batch carries are CONC's, all modalities, checked as usual).
+It is selected by name like a Table 3 configuration: ``TrainConfig(model="Reference")``,
+``--model Reference`` (:data:`marn_rec.config.REFERENCE`, whose configuration is BaseModel's GRU and
+head with every modality in the batch, checked as usual); the training loop then installs this
+tower in place of the learned one (synthetic stream only: the truth comes from the generator).
 """
 
-import contextlib
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from marn_rec.config import MARNConfig
+from marn_rec.config import REFERENCE, REFERENCE_ABLATION, MARNConfig
 from marn_rec.models.tower import TowerOutput
 from marn_rec.validation import is_tracing
-
-REFERENCE = "Reference"
-# A Table 3 configuration (marn_rec.config.ABLATIONS entry): BaseModel (GRU, last state) with every
-# modality in the batch; its tower is replaced by TrueFactorTower.
-REFERENCE_ABLATION: Dict[str, object] = dict(fusion="sum", adversarial="none", sequence="gru")
 
 
 def truth_layout(data_config: Any) -> Tuple[Tuple[str, int], ...]:
@@ -195,30 +182,6 @@ def install_reference_tower(
     device = next(marn.parameters()).device
     marn.tower = reference_tower(data_config, config.tower.hidden_dim, device, catalog)
     return marn
-
-
-@contextlib.contextmanager
-def reference_in_training_loop(data_config: Any) -> Iterator[None]:
-    """Within the block, :func:`marn_rec.training.loop.train` builds its MARN with the reference
-    tower of ``data_config`` (pass ``TrainConfig(model="BaseModel+CONC", ...)``, whose head and
-    batches the reference shares, and ``cfg.data_config(1)``). A stop-gap for single-process
-    measurements until the loop selects :data:`REFERENCE` by name (see the module docstring); the
-    run's checkpoint metadata still names BaseModel+CONC."""
-    from marn_rec.data.synthetic import ItemCatalog
-    from marn_rec.models.marn import MARN
-    from marn_rec.training import loop
-
-    catalog = ItemCatalog(data_config)
-
-    def build(config: MARNConfig, device: Optional[torch.device] = None, validate: bool = True) -> MARN:
-        return install_reference_tower(MARN(config, device=device, validate=validate), data_config, catalog)
-
-    original = loop.MARN
-    loop.MARN = build  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        loop.MARN = original  # type: ignore[assignment]
 
 
 def gap_share(auc: float, ids_auc: float, reference_auc: float) -> float:

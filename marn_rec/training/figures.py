@@ -260,23 +260,22 @@ def _run_one(args: Tuple[Any, bool, int]) -> Dict[str, Any]:
     divergence that stopped it."""
     cfg, reference, threads = args
     torch.set_num_threads(threads)
-    import contextlib
-
     import torch.distributed as dist
 
-    from marn_rec.models.reference import REFERENCE, reference_in_training_loop
+    from marn_rec.config import REFERENCE
     from marn_rec.quiet import quiet_libraries
     from marn_rec.training.loop import TrainingDiverged, free_port, train
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))
-    hook = reference_in_training_loop(cfg.data_config(1)) if reference else contextlib.nullcontext()
+    if reference:
+        cfg = replace(cfg, model=REFERENCE)
     record: Dict[str, Any] = {"model": REFERENCE if reference else cfg.model, "seed": cfg.seed,
                               "lambda0": cfg.model_config().lambda0, "steps": cfg.steps,
                               "out_dir": cfg.out_dir}
     start = time.perf_counter()
     try:
-        with quiet_libraries(), hook:
+        with quiet_libraries():
             record.update(train(cfg))
         record["diverged"] = None
     except TrainingDiverged as e:

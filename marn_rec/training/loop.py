@@ -33,7 +33,7 @@ from marn_rec.training.checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from marn_rec.config import PRESETS, MARNConfig, ablation
+from marn_rec.config import PRESETS, REFERENCE, MARNConfig, ablation
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.data import SyntheticTaobaoConfig
 from marn_rec.training.sharding import (
@@ -55,7 +55,8 @@ class TrainConfig:
 
     Args:
         preset: model sizes, a key of :data:`marn_rec.config.PRESETS`.
-        model: a Table 3 configuration (:data:`marn_rec.config.ABLATIONS`).
+        model: a Table 3 configuration (:data:`marn_rec.config.ABLATIONS`), or
+            :data:`marn_rec.config.REFERENCE` (synthetic stream: the true-factor ceiling).
         seed: seed of the data stream and the initial weights.
         batch_size: samples per rank and step.
         steps: training steps (every rank takes each step).
@@ -133,6 +134,9 @@ class TrainConfig:
         for name in ("batch_size", "steps", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.model == REFERENCE and self.data_dir:
+            raise ValueError(f"model {REFERENCE!r} maps the synthetic generator's true item factors: "
+                             f"it cannot train on data_dir {self.data_dir!r}")
 
     def model_config(self) -> MARNConfig:
         config = ablation(self.model, PRESETS[self.preset]())
@@ -331,9 +335,14 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     model_cfg = data.model_config
     train_loader = data.train_loader
 
-    model = MARNTrain(
-        MARN(model_cfg, device=torch.device("meta"), validate=False), total_steps=cfg.steps
-    )
+    marn = MARN(model_cfg, device=torch.device("meta"), validate=False)
+    if cfg.model == REFERENCE:
+        # The ceiling: the learned item tower replaced by a map of the generator's true factors
+        # (marn_rec.models.reference); DMP materialises it like the dense towers.
+        from marn_rec.models.reference import install_reference_tower
+
+        install_reference_tower(marn, cfg.data_config(world))
+    model = MARNTrain(marn, total_steps=cfg.steps)
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
     optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer)

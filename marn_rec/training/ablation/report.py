@@ -247,12 +247,44 @@ def plot_curves(results: List[Dict[str, Any]], path: str, title: str = "Learning
     return True
 
 
+def gap_share_table(results: List[Dict[str, Any]], ids: str = "BaseModel+IDs") -> str:
+    """Markdown: each model's share of the IDs-to-reference AUC gap (``marn_rec.models.reference``),
+    seed by seed and its mean; empty unless BaseModel+IDs and the reference ran."""
+    from marn_rec.config import REFERENCE
+    from marn_rec.models.reference import gap_share
+
+    by = {(r["model"], r["seed"]): r["auc"] for r in results if "auc" in r}
+    seeds = sorted(s for (m, s) in by if m == ids and (REFERENCE, s) in by)
+    if not seeds:
+        return ""
+    lines = [f"Share of the {ids}-to-{REFERENCE} AUC gap closed, (AUC - AUC_IDs) / (AUC_ref - AUC_IDs), "
+             "per seed (1: as good as the reference on the true item factors):", "",
+             "| model | mean | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "| --- | --- |" + " --- |" * len(seeds)]
+    for model in dict.fromkeys(r["model"] for r in results):
+        if model in (ids, REFERENCE):
+            continue
+        shares = [gap_share(by[(model, s)], by[(ids, s)], by[(REFERENCE, s)]) if (model, s) in by else None
+                  for s in seeds]
+        got = [x for x in shares if x is not None and not math.isnan(x)]
+        mean = f"{sum(got) / len(got):+.2f}" if got else "n/a"
+        lines.append(f"| {model} | {mean} | " + " | ".join(
+            "n/a" if x is None or math.isnan(x) else f"{x:+.2f}" for x in shares) + " |")
+    gaps = [by[(REFERENCE, s)] - by[(ids, s)] for s in seeds]
+    lines.append(f"| (gap, AUC points) | {100 * sum(gaps) / len(gaps):.2f} | " + " | ".join(
+        f"{100 * g:.2f}" for g in gaps) + " |")
+    return "\n".join(lines)
+
+
 def report_text(results: List[Dict[str, Any]], skipped: Optional[Dict[str, str]] = None) -> str:
     """The markdown of a study: the means, the paired differences, Tables 4 and 5, the skipped
     configurations with their reasons."""
     parts = [markdown_table(summarize(results))]
     for ref, diffs in all_differences(results).items():
         parts.append(differences_table(diffs, ref))
+    gaps = gap_share_table(results)
+    if gaps:
+        parts.append(gaps)
     twins = twin_differences(results)
     if twins:
         parts.append(differences_table(twins, "the same configuration with every modality"))
