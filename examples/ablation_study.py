@@ -18,6 +18,7 @@ against the step, with --eval-every), results.jsonl and every run's own director
 checked before anything starts: a bad value exits with status 2 and one line.
 """
 
+import math
 import os
 import shlex
 import sys
@@ -80,6 +81,8 @@ def parser() -> CheckedArgumentParser:
                    help="storage of the item tower's tables of every run (fp16: half the bytes)")
     p.add_argument("--lr", type=float, default=0.1, dest="learning_rate", metavar="LR",
                    help="AdaGrad learning rate of every run (paper section 4.1: 0.1)")
+    p.add_argument("--dense-initial-accumulator", type=float, default=TrainConfig.dense_initial_accumulator,
+                   help="the dense AdaGrad's initial accumulator of every run (TensorFlow's default)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one process each)")
     p.add_argument("--out-dir", default="runs/ablation", help="every run's directory and the report")
     p.add_argument("--merge", nargs="+", default=[], metavar="STUDY_DIR",
@@ -119,6 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             p.error(f"{flag} must be a positive integer, got {value}")
     if not a.learning_rate > 0:
         p.error(f"--lr must be a number > 0, got {a.learning_rate}")
+    if not (math.isfinite(a.dense_initial_accumulator) and a.dense_initial_accumulator >= 0):
+        p.error(f"--dense-initial-accumulator must be a finite number >= 0, got {a.dense_initial_accumulator}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
     if a.synthetic and a.data_dir:
@@ -156,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            eval_every=eval_every, eval_batches=a.eval_batches,
                            learning_rate=a.learning_rate, out_dir=a.out_dir, data_dir=data_dir,
                            data_overrides=overrides, recall_at=TABLE5_RECALL_AT,
-                           table_dtype=a.table_dtype)
+                           table_dtype=a.table_dtype, dense_initial_accumulator=a.dense_initial_accumulator)
         try:
             models, skipped = applicable_models(base, a.models)
             if not a.data_dir:

@@ -96,3 +96,22 @@ def test_command_line_flag(tmp_path: Path, capsys) -> None:
         parse_train_args(["--preset", "tiny", "--table-dtype", "int8", "--out-dir", str(tmp_path)])
     assert e.value.code == 2
     assert "--table-dtype" in capsys.readouterr().err
+
+
+def test_dense_initial_accumulator_reaches_adagrad_and_the_checked_meta() -> None:
+    """The dense AdaGrad starts its sums at the configured value; the default (TensorFlow's 0.1)
+    stays out of the checkpoint meta, so checkpoints from before the field existed still resume,
+    and any other value is checked on resume."""
+    from torch import nn
+
+    from marn_rec.training.sharding import ADAGRAD_INITIAL_ACCUMULATOR, training_optimizer
+
+    layer = nn.Linear(3, 2)
+    for value, expected in ((None, ADAGRAD_INITIAL_ACCUMULATOR), (1e-3, 1e-3)):
+        opt = training_optimizer(layer, initial_accumulator_value=value)
+        sums = [s["sum"] for s in opt.state.values() if "sum" in s]
+        assert sums and all(torch.all(s == expected) for s in sums)
+    cfg = TrainConfig(preset="tiny")
+    assert "dense_initial_accumulator" not in _run_meta(cfg, cfg.model_config(), {})["train"]
+    cfg = TrainConfig(preset="tiny", dense_initial_accumulator=1e-3)
+    assert _run_meta(cfg, cfg.model_config(), {})["train"]["dense_initial_accumulator"] == 1e-3

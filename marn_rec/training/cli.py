@@ -197,6 +197,10 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
                         "state and evaluation stay fp32); refused without native bf16 hardware")
     p.add_argument("--fused-optimizer", action="store_true", default=d.fused_optimizer,
                    help="the dense AdaGrad's fused kernel instead of its Python loop")
+    p.add_argument("--dense-initial-accumulator", type=float, default=d.dense_initial_accumulator,
+                   help="the dense AdaGrad's initial accumulator (TensorFlow's default; until a "
+                        "parameter's summed squared gradients reach it, AdaGrad is SGD at "
+                        "lr / sqrt(value))")
     p.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="run the item tower once per slot instead of once per unique item")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
@@ -230,6 +234,8 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
                 f"--eval-batches {world_size} or more")
     if not (_is_finite(a.learning_rate) and a.learning_rate > 0):
         return f"--lr must be a finite number > 0, got {a.learning_rate}"
+    if not (_is_finite(a.dense_initial_accumulator) and a.dense_initial_accumulator >= 0):
+        return f"--dense-initial-accumulator must be a finite number >= 0, got {a.dense_initial_accumulator}"
     if a.lambda0 is not None and not (_is_finite(a.lambda0) and a.lambda0 >= 0):
         return f"--lambda0 must be a finite number >= 0 (paper: 0.05), got {a.lambda0}"
     if a.gamma is not None and not (_is_finite(a.gamma) and a.gamma >= 0):

@@ -16,6 +16,7 @@ it. Batches are validated (:func:`marn_rec.validation.validated_batches`) before
 
 import itertools
 import json
+import math
 import os
 import socket
 import time
@@ -37,6 +38,7 @@ from marn_rec.config import PRESETS, REFERENCE, MARNConfig, ablation
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.data import SyntheticTaobaoConfig
 from marn_rec.training.sharding import (
+    ADAGRAD_INITIAL_ACCUMULATOR,
     apply_embedding_optimizer,
     plan_summary,
     shard_model,
@@ -94,6 +96,9 @@ class TrainConfig:
             differ from fp32 by bf16 rounding (see benchmarks/RESULTS.md, "Speed and scale").
         fused_optimizer: the dense AdaGrad's fused kernel instead of its Python loop (same update,
             last-bit rounding differs).
+        dense_initial_accumulator: the dense AdaGrad's initial accumulator (TensorFlow's 0.1 by
+            default, :data:`marn_rec.training.sharding.ADAGRAD_INITIAL_ACCUMULATOR`): until a
+            parameter's summed squared gradients reach it, AdaGrad is SGD at lr / sqrt(it).
     """
 
     preset: str = "small"
@@ -121,6 +126,7 @@ class TrainConfig:
     table_dtype: str = "fp32"
     dense_dtype: str = "fp32"
     fused_optimizer: bool = False
+    dense_initial_accumulator: float = ADAGRAD_INITIAL_ACCUMULATOR
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -134,6 +140,9 @@ class TrainConfig:
         for name in ("batch_size", "steps", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.dense_initial_accumulator) and self.dense_initial_accumulator >= 0):
+            raise ValueError(f"dense_initial_accumulator must be a finite number >= 0, got "
+                             f"{self.dense_initial_accumulator}")
         if self.model == REFERENCE and self.data_dir:
             raise ValueError(f"model {REFERENCE!r} maps the synthetic generator's true item factors: "
                              f"it cannot train on data_dir {self.data_dir!r}")
@@ -270,6 +279,9 @@ _NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "c
 def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
     run = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED}
+    if run.get("dense_initial_accumulator") == ADAGRAD_INITIAL_ACCUMULATOR:
+        # The default, left out so that checkpoints written before the field existed still resume.
+        del run["dense_initial_accumulator"]
     model = asdict(model_cfg)
     if model["tower"].get("table_dtype") == "fp32":
         # The default, left out so that checkpoints written before the field existed still resume.
@@ -345,7 +357,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     model = MARNTrain(marn, total_steps=cfg.steps)
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
-    optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer)
+    optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer,
+                                   initial_accumulator_value=cfg.dense_initial_accumulator)
     forward_in = lambda: forward_context(device, cfg.dense_dtype)  # noqa: E731
     forward_in()  # refuses bf16 without native support, before anything is trained
     if rank == 0:

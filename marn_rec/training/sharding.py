@@ -110,6 +110,7 @@ def training_optimizer(
     lr: float = 0.1,
     optimizer_class: Type[torch.optim.Optimizer] = torch.optim.Adagrad,
     fused: bool = False,
+    initial_accumulator_value: Optional[float] = None,
 ) -> CombinedOptimizer:
     """One optimizer over everything: the fused table optimizer (sharded models) and dense AdaGrad.
 
@@ -117,8 +118,11 @@ def training_optimizer(
     ``fused``: the dense optimizer's fused kernel (``torch.optim.Adagrad(fused=True)``, one
     kernel over all parameters instead of a Python loop over them: the same update, rounded
     differently in the last bit); the default keeps the for-loop implementation.
+    ``initial_accumulator_value``: the dense AdaGrad's (default :data:`ADAGRAD_INITIAL_ACCUMULATOR`).
     """
     kwargs: Dict[str, Any] = {"fused": True} if fused else {}
+    if initial_accumulator_value is not None:
+        kwargs["initial_accumulator_value"] = initial_accumulator_value
     optimizers = [("dense", dense_optimizer(model, lr, optimizer_class, **kwargs))]
     if isinstance(model, DistributedModelParallel):
         optimizers.insert(0, ("sparse", model.fused_optimizer))
