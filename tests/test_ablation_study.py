@@ -55,6 +55,7 @@ def _results():
                         "auc_by_popularity_level": {"0": base - 0.1, "1": base + 0.1},
                         "bayes_auc_by_popularity_level": {"0": 0.7, "1": 0.9},
                         "cold_recall": {"1": 0.2 + delta, "3": 0.5},
+                        "random_cold_recall": {"1": 0.1, "3": 0.3},
                         "bayes_cold_recall": {"1": 0.4, "3": 0.7}})
     return out
 
@@ -80,6 +81,7 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| MARN | 0.550 | 0.750 |" in table  # Table 4, mean over seeds
     assert "| Bayes-optimal | 0.700 | 0.900 |" in table
     assert "| MARN | 0.210 | 0.500 |" in table  # Table 5: recall@1 mean of 0.2 and 0.22
+    assert "| RANDOM | 0.100 | 0.300 |" in table
     # Paired by seed: MARN - IDs is +0.05 on both seeds, so the interval has no width.
     assert "| MARN | +0.0500 [+0.0500, +0.0500] |" in table
     assert read_results(str(tmp_path))[1] == "python examples/ablation_study.py"

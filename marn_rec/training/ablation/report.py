@@ -124,6 +124,10 @@ def level_and_recall_tables(results: List[Dict[str, Any]]) -> str:
             lines.append("")
         lines += ["Recall@N of clicked cold items among each user's cold candidates (Table 5):",
                   "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        random_runs = [r["random_cold_recall"] for r in with_recall if "random_cold_recall" in r]
+        if random_runs:  # a random ranking's expected recall, min(N, size) / size
+            random = _mean_of_dicts(random_runs)
+            lines.append("| " + " | ".join(["RANDOM"] + [f"{random[n]:.3f}" for n in ns]) + " |")
         for m in models:
             means = _mean_of_dicts([r["cold_recall"] for r in by_model[m] if "cold_recall" in r])
             lines.append("| " + " | ".join([m] + [f"{means[n]:.3f}" if n in means else "n/a"
