@@ -350,6 +350,7 @@ def ceiling_tables(results: Sequence[Dict[str, Any]], ids: str = "BaseModel+IDs"
     the share of the IDs-to-reference AUC gap; then Table 4 (AUC by observed popularity level) and
     Table 5 (recall@N of cold candidate sets, with RANDOM and Bayes rows) where the runs have them."""
     from marn_rec.models.reference import REFERENCE, gap_share
+    from marn_rec.training.ablation.report import level_and_recall_tables
 
     results = json.loads(json.dumps(list(results)))  # dict keys as in metrics.jsonl: strings
     ok = [r for r in results if not r.get("diverged")]
@@ -358,11 +359,6 @@ def ceiling_tables(results: Sequence[Dict[str, Any]], ids: str = "BaseModel+IDs"
     def mean(model: str, key: str) -> Optional[float]:
         vals = [r[key] for r in ok if r["model"] == model and isinstance(r.get(key), (int, float))]
         return sum(vals) / len(vals) if vals else None
-
-    def mean_dict(model: Optional[str], key: str) -> Dict[str, float]:
-        rows = [r[key] for r in ok if (model is None or r["model"] == model) and key in r]
-        keys = sorted({k for d in rows for k in d}, key=lambda k: float(k))
-        return {k: sum(d[k] for d in rows if k in d) / sum(1 for d in rows if k in d) for k in keys}
 
     lines = ["| model | AUC | per-user AUC | cold-item AUC | share of IDs-to-reference gap |",
              "| --- | --- | --- | --- | --- |"]
@@ -380,32 +376,10 @@ def ceiling_tables(results: Sequence[Dict[str, Any]], ids: str = "BaseModel+IDs"
     for r in results:
         if r.get("diverged"):
             lines.append(f"| {r['model']} (seed {r['seed']}) | diverged: {r['diverged'][:80]} | | | |")
-    if any("auc_by_popularity_level" in r for r in ok):
-        levels = list(mean_dict(None, "auc_by_popularity_level"))
-        lines += ["", "AUC by popularity level, levels from the evaluation set's own counts "
-                  "(Table 4; 0 = least popular):", "",
-                  "| model | " + " | ".join(levels) + " |", "| --- |" + " --- |" * len(levels)]
-        for m in models:
-            d = mean_dict(m, "auc_by_popularity_level")
-            lines.append(f"| {m} | " + " | ".join(f"{d[k]:.3f}" if k in d else "" for k in levels) + " |")
-        d = mean_dict(models[0], "bayes_auc_by_popularity_level")
-        if d:
-            lines.append("| Bayes-optimal | " + " | ".join(f"{d[k]:.3f}" for k in levels) + " |")
-        info = next(r["popularity_levels"] for r in ok if "popularity_levels" in r)
-        lines.append("| samples per item (min-max) | " + " | ".join(
-            f"{info[k]['min_count']}-{info[k]['max_count']}" for k in levels if k in info) + " |")
-    if any("cold_recall" in r for r in ok):
-        ns = list(mean_dict(None, "cold_recall"))
-        lines += ["", "Recall@N of clicked cold items in each user's cold candidate set (Table 5):", "",
-                  "| model | " + " | ".join(f"@{n}" for n in ns) + " |", "| --- |" + " --- |" * len(ns)]
-        d = mean_dict(models[0], "random_cold_recall")
-        lines.append("| RANDOM | " + " | ".join(f"{d[n]:.3f}" for n in ns) + " |")
-        for m in models:
-            d = mean_dict(m, "cold_recall")
-            lines.append(f"| {m} | " + " | ".join(f"{d[n]:.3f}" if n in d else "" for n in ns) + " |")
-        d = mean_dict(models[0], "bayes_cold_recall")
-        if d:
-            lines.append("| Bayes-optimal | " + " | ".join(f"{d[n]:.3f}" for n in ns) + " |")
+    # Tables 4 and 5: the ablation report's, so the two reports read alike.
+    extra = level_and_recall_tables(ok) if ok else ""
+    if extra:
+        lines += ["", extra]
     return "\n".join(lines) + "\n"
 
 
