@@ -45,6 +45,12 @@ from marn_rec.training.sharding import (
     training_optimizer,
 )
 from marn_rec.models.marn import MARN, MARNTrain
+from marn_rec.training.divergence import (
+    DIVERGENCE_CTR_LOSS,
+    TrainingDiverged,
+    _all_finite,
+    _all_ranks_finite_parameters,
+)
 from marn_rec.training.evaluation import evaluate
 from marn_rec.training.plots import plot_training
 from marn_rec.training.sources import prepared_data, synthetic_data
@@ -219,56 +225,6 @@ def init_distributed() -> Tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), device
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or the parameters stopped being finite, or the CTR loss exploded: training stops,
-    keeping the last good checkpoint."""
-
-
-# A constant predictor has a CTR loss of at most ln 2 (0.69) on balanced labels; a window mean
-# above this many nats means the logits have blown up (measured: lambda0 = 1.8 before it turned
-# NaN went through 2,013).
-DIVERGENCE_CTR_LOSS = 20.0
-
-
-def _all_finite(loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every rank (collective), so that all ranks stop together."""
-    ok = torch.isfinite(loss.detach()).all().reshape(1).to(torch.int32).cpu()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
-
-
-def _finite(t: torch.Tensor) -> bool:
-    """Whether every value of ``t`` is finite: one pass, no tensor-sized temporary (a sum is
-    non-finite iff some value is, short of a float64 overflow, itself a divergence)."""
-    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
-
-
-def _non_finite_parameters(model: torch.nn.Module) -> List[str]:
-    """Names of the local (shards of) floating-point state entries holding a NaN or an infinity."""
-    bad = []
-    for name, value in model.state_dict().items():
-        tensors = value.local_shards() if hasattr(value, "local_shards") else [value]
-        for t in tensors:
-            t = getattr(t, "tensor", t)
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and not _finite(t):
-                bad.append(name)
-                break
-    return bad
-
-
-def _all_ranks_finite_parameters(model: torch.nn.Module) -> List[str]:
-    """:func:`_non_finite_parameters` of this rank; collective: every rank learns whether any rank
-    found one (the first names found on this rank, or a placeholder naming another rank)."""
-    bad = _non_finite_parameters(model)
-    flag = torch.tensor([1 if bad else 0], dtype=torch.int32)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    if int(flag) and not bad:
-        bad = ["(on another rank)"]
-    return bad
-
-
 # Settings that may change between a run and its resumption. ``table_dtype`` is checked through
 # the model's configuration (``model.tower.table_dtype``); the pipeline changes no value; the
 # dense precision and the fused optimizer change the rounding, not the model or its state.
@@ -276,17 +232,25 @@ _NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "c
                 "stop_after", "pipeline", "table_dtype", "dense_dtype", "fused_optimizer")
 
 
+# Fields added after checkpoints were first written: left out of the meta at their default, so
+# that those checkpoints still resume (and checked like any other field when set otherwise).
+_ADDED_FIELDS: Dict[Tuple[str, ...], Any] = {
+    ("model", "tower", "table_dtype"): "fp32",
+    ("train", "dense_initial_accumulator"): ADAGRAD_INITIAL_ACCUMULATOR,
+}
+
+
 def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data: Dict[str, Any]) -> Dict[str, Any]:
     """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
-    run = {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED}
-    if run.get("dense_initial_accumulator") == ADAGRAD_INITIAL_ACCUMULATOR:
-        # The default, left out so that checkpoints written before the field existed still resume.
-        del run["dense_initial_accumulator"]
-    model = asdict(model_cfg)
-    if model["tower"].get("table_dtype") == "fp32":
-        # The default, left out so that checkpoints written before the field existed still resume.
-        del model["tower"]["table_dtype"]
-    return json.loads(json.dumps({"train": run, "model": model, "data": data}))
+    meta = {"train": {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED},
+            "model": asdict(model_cfg), "data": data}
+    for *path, name in _ADDED_FIELDS:
+        section = meta
+        for key in path:
+            section = section[key]
+        if section.get(name) == _ADDED_FIELDS[(*path, name)]:
+            del section[name]
+    return json.loads(json.dumps(meta))
 
 
 def segment_lengths(start: int, last_step: int, boundaries: Sequence[int]) -> Iterator[int]:
