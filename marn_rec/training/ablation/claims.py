@@ -137,9 +137,10 @@ def claims_report(
 ) -> str:
     """Reads each setting's study directory, writes ``out_path`` (.md), its .json and .png (the
     first metric); returns the markdown."""
-    loaded = [(name, read_results(d)[0]) for name, d in settings]
-    parts = ["Settings: " + "; ".join(f"{n} = `{d}` ({read_results(d)[1] or 'command not recorded'})"
-                                      for n, d in settings)]
+    read = [(name, d, *read_results(d)) for name, d in settings]
+    loaded = [(name, results) for name, _, results, _ in read]
+    parts = ["Settings: " + "; ".join(f"{n} = `{d}` ({command or 'command not recorded'})"
+                                      for n, d, _, command in read)]
     tables = []
     for metric in metrics:
         t = claim_table(loaded, claims, metric)
