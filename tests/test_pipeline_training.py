@@ -14,14 +14,8 @@ import torchrec.distributed.train_pipeline as train_pipeline
 
 import marn_rec.models.marn as marn_module
 from marn_rec.training.checkpoint import latest_checkpoint
-from marn_rec.training.loop import (
-    TrainConfig,
-    TrainingDiverged,
-    _all_ranks_finite_parameters,
-    _finite,
-    segment_lengths,
-    train,
-)
+from marn_rec.training.divergence import _all_ranks_finite_parameters, _finite
+from marn_rec.training.loop import TrainConfig, TrainingDiverged, segment_lengths, train
 from marn_rec.validation import is_tracing
 
 
