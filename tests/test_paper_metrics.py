@@ -359,3 +359,21 @@ def test_ablation_report_gives_each_models_share_of_the_reference_gap() -> None:
     table = gap_share_table(runs)
     assert "| MARN | +0.65 | +0.50 | +0.80 |" in table and "| (gap, AUC points) | 7.00 | 10.00 | 4.00 |" in table
     assert gap_share_table([r for r in runs if r["model"] != "Reference"]) == ""
+
+
+def test_learning_curve_evaluations_leave_out_the_cold_sets_and_the_last_scores_them(tmp_path) -> None:
+    """Evaluations before the last score the ordinary batches only (the curve); the last one adds
+    Table 5's cold candidate sets, and its ordinary metrics are those a curve evaluation of the
+    same weights would give (same batches)."""
+    from marn_rec.training.loop import TrainConfig, train
+
+    cfg = TrainConfig(preset="tiny", model="BaseModel+CONC", steps=4, batch_size=16, eval_every=2,
+                      eval_batches=2, out_dir=str(tmp_path / "run"), progress=False, resume="never",
+                      data_overrides={"num_cold_set_batches": 2, "cold_set_size": 4,
+                                      "cold_set_users_per_batch": 2})
+    train(cfg)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line).get("split") == "eval"]
+    assert [e["step"] for e in evals] == [2, 4]
+    assert "cold_recall" not in evals[0] and evals[0]["samples"] == 32
+    assert evals[1]["cold_sets"] == 4 and "cold_recall" in evals[1] and evals[1]["samples"] == 32

@@ -359,7 +359,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         bad = _all_ranks_finite_parameters(dmp)
         if bad:
             raise TrainingDiverged(f"non-finite parameters after step {step}: {bad[:5]}")
-        return evaluate(dmp, data.eval_batches(), device, model_cfg, cfg.recall_at)
+        final = step >= cfg.steps or data.curve_eval_batches is None
+        batches = data.eval_batches() if final else data.curve_eval_batches()
+        return evaluate(dmp, batches, device, model_cfg, cfg.recall_at)
 
     last_eval: Dict[str, Any] = {}
     window: Dict[str, float] = {}

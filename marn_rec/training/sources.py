@@ -37,6 +37,10 @@ class TrainingData:
     train_loader: StatefulDataLoader
     eval_batches: Callable[[], Iterable[MARNBatch]]
     description: Dict[str, Any]
+    # The evaluations before the last (learning curves); None: eval_batches. The synthetic stream
+    # leaves out Table 5's cold candidate sets here: at the default 16 batches of 64 users x 200
+    # items they are 200k samples, 25 times the ordinary evaluation, and no curve shows them.
+    curve_eval_batches: Optional[Callable[[], Iterable[MARNBatch]]] = None
 
 
 def model_config_for_manifest(manifest: Dict[str, Any], base: MARNConfig) -> MARNConfig:
@@ -122,7 +126,13 @@ def synthetic_data(cfg: Any, model_cfg: MARNConfig, rank: int, world: int) -> Tr
         data_cfg, model_cfg, "train", rank, world, cfg.num_workers, cfg.dedup, source=source
     )
     eval_loader = make_loader(data_cfg, model_cfg, "eval", rank, world, 0, cfg.dedup, source=source)
-    return TrainingData(model_cfg, train_loader, lambda: iter(eval_loader), asdict(data_cfg))
+    dataset = eval_loader.dataset
+    ordinary = [i for i, index in enumerate(dataset.indices) if index < data_cfg.num_eval_batches]
+    curve = None
+    if len(ordinary) < len(dataset):
+        def curve() -> Iterable[MARNBatch]:
+            return (dataset[i] for i in ordinary)
+    return TrainingData(model_cfg, train_loader, lambda: iter(eval_loader), asdict(data_cfg), curve)
 
 
 def prepared_data(cfg: Any, base: MARNConfig, rank: int, world: int) -> TrainingData:

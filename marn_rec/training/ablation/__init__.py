@@ -5,10 +5,13 @@ prepared directory of real data.
   (one single-process training each, ``jobs`` side by side);
 - :mod:`~marn_rec.training.ablation.statistics`: mean ± std per configuration, paired differences
   by seed with 95% t-intervals over seeds;
+- :mod:`~marn_rec.training.ablation.convergence`: whether each configuration's AUC has plateaued
+  (the trend of its evaluations over the last half of the budget);
 - :mod:`~marn_rec.training.ablation.report`: markdown tables and PNG plots (means, paired
   differences, learning curves).
 """
 
+from marn_rec.training.ablation.convergence import plateau_rows, plateau_table, projected_gain
 from marn_rec.training.ablation.report import (
     all_differences,
     differences_table,
@@ -40,9 +43,12 @@ __all__ = [
     "level_and_recall_tables",
     "markdown_table",
     "paired_differences",
+    "plateau_rows",
+    "plateau_table",
     "plot",
     "plot_curves",
     "plot_differences",
+    "projected_gain",
     "read_curve",
     "read_results",
     "read_skipped",

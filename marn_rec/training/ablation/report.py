@@ -8,6 +8,7 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from marn_rec.training.ablation.convergence import plateau_table
 from marn_rec.training.ablation.statistics import (
     CONFIDENCE,
     METRICS,
@@ -289,6 +290,9 @@ def report_text(results: List[Dict[str, Any]], skipped: Optional[Dict[str, str]]
     gaps = gap_share_table(results)
     if gaps:
         parts.append(gaps)
+    plateau = plateau_table(results)
+    if plateau:
+        parts.append(plateau)
     twins = twin_differences(results)
     if twins:
         parts.append(differences_table(twins, "the same configuration with every modality"))
