@@ -2,7 +2,7 @@
 
 Defaults are the paper's values (WWW 2020, sections 3 and 4.1, Taobao column of Table 1). Where the
 paper gives no number the default is marked "not in the paper" with the reason for the choice.
-Presets (:func:`small`, :func:`converge`, :func:`tiny`) shrink numbers; they never select other code paths. The
+Presets (:func:`small`, :func:`tiny`) shrink numbers; they never select other code paths. The
 ablations of paper Table 3 are :data:`ABLATIONS`, applied with :func:`ablation`.
 """
 
@@ -181,20 +181,6 @@ def small() -> MARNConfig:
     )
 
 
-def converge() -> MARNConfig:
-    """The ablation benchmark's preset: :func:`small` with a catalogue of 10,000 items.
-
-    Every item row then sees about ten times as many samples per step as at :func:`small`, so the
-    Table 3 configurations plateau within a budget of about 10 minutes per run on 2 CPU cores
-    (``benchmarks/RESULTS.md``, "Convergence"). Only catalogue sizes differ; dims are small's.
-    """
-    base = small()
-    return replace(
-        base,
-        tower=replace(base.tower, num_items=10_000, num_shops=1_000, num_brands=500),
-    )
-
-
 def tiny() -> MARNConfig:
     """For unit tests: every code path, sizes of a few rows.
 
@@ -229,7 +215,7 @@ def tiny() -> MARNConfig:
     )
 
 
-PRESETS = {"paper": paper, "small": small, "converge": converge, "tiny": tiny}
+PRESETS = {"paper": paper, "small": small, "tiny": tiny}
 
 # Paper Table 3. BaseModel uses a plain GRU; MARN = MAF + DDMA + APGRU.
 ABLATIONS: Dict[str, Dict[str, object]] = {
