@@ -289,6 +289,32 @@ def test_negatives_never_positive_and_never_held_out(tmp_path):
         assert test[k]["label"] == 1.0 and test[k]["candidate"] not in [t["candidate"] for t in test[k + 1 : k + 4]]
 
 
+def test_training_negatives_are_items_of_the_training_period(tmp_path):
+    """Items whose only events are test-period ones (a user's last behaviour), and catalogue items
+    without any event, are never training negatives; they stay possible test negatives."""
+    rng = np.random.default_rng(7)
+    names = [f"i{k}" for k in range(12)]
+    users, item_ids, ts = [], [], []
+    for u in range(30):
+        # Training behaviours among i0-i5; each user's last behaviour among i6-i8 (test only).
+        for j in range(4):
+            users.append(u), item_ids.append(names[rng.integers(0, 6)]), ts.append(100 * u + j)
+        users.append(u), item_ids.append(names[6 + u % 3]), ts.append(100 * u + 50)
+    events = {"user_id": pa.array(np.array(users, np.int64)), "item_id": item_ids,
+              "timestamp": pa.array(np.array(ts, np.int64))}
+    out = str(tmp_path / "out")
+    summary = prepare(write_raw(tmp_path, {"item_id": names}, events), out,
+                      PrepareConfig(negatives=5, progress=False))
+    assert summary["training_negative_pool"] == 6
+    train = decoded(out, "train")
+    negatives = [s["cand_raw"] for s in train if s["label"] == 0.0]
+    assert len(negatives) == 5 * sum(s["label"] == 1.0 for s in train) > 0
+    assert set(negatives) <= set(names[:6]), "a training negative outside the training period's items"
+    assert not any(s["candidate_cold"] for s in train)
+    test_negatives = {s["cand_raw"] for s in decoded(out, "test") if s["label"] == 0.0}
+    assert test_negatives - set(names[:6]), "test negatives come from the whole catalogue"
+
+
 def test_seeded_reproducibility(tmp_path):
     items, events = random_log(5)
     raw = write_raw(tmp_path, items, events)

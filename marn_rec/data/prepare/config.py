@@ -27,8 +27,10 @@ class PrepareConfig:
     Samples (DIN / MARN Amazon protocol):
         max_length: 50 (T, ``BehaviorConfig.max_length``): a history keeps its latest T behaviours.
         negatives: 1. Per positive, this many negatives drawn uniformly from the catalogue with
-            the seed, never the positive itself (training negatives also never a held-out cold
-            item). Ignored when the log has a ``label`` column: impressions carry their own labels.
+            the seed, never the positive itself. Training negatives are drawn only among items with
+            a training-period event (never a held-out or test-only item: those have no embedding row
+            of their own, and as training negatives would teach the model that the OOV row is never
+            clicked). Ignored when the log has a ``label`` column: impressions carry their own labels.
         seed: 0. Negatives, held-out items and the shuffle of train.parquet derive from it.
         split: "last": per user in time order, training predicts behaviour j+1 from the first j,
             the test sample predicts the user's LAST behaviour from all earlier ones. (Impression

@@ -234,7 +234,7 @@ def prepare(raw_dir: str, out_dir: str, config: PrepareConfig = PrepareConfig())
     n_held = int(round(cfg.cold_item_fraction * (n_items - 1)))
     held_out[np.random.default_rng([cfg.seed, 5]).permutation(n_items - 1)[:n_held] + 1] = True
     all_items = np.arange(1, n_items, dtype=np.int64)
-    ctx = Context(cfg, part, held_out, Pool.of(all_items[~held_out[1:]], n_items), Pool.of(all_items, n_items), cutoff)
+    ctx = Context(cfg, part, held_out, None, Pool.of(all_items, n_items), cutoff)
 
     # Pass 2.
     per_event = 1 if part.labelled else 1 + cfg.negatives
@@ -246,8 +246,11 @@ def prepare(raw_dir: str, out_dir: str, config: PrepareConfig = PrepareConfig())
         user_schema = pa.schema([("value", reader.schema.field("user").type), ("row", pa.int64())])
     user_vocab = pq.ParquetWriter(os.path.join(out_dir, layout.VOCAB_DIR, layout.USER_VOCAB), user_schema)
     processor = ShardProcessor(ctx, totals, writer, user_vocab)
-    for k, path in enumerate(tqdm(part.shards, desc="prepare 2/3 samples", disable=not cfg.progress)):
-        processor.run(k, path)
+    events = [processor.filter(k, path) for k, path in
+              enumerate(tqdm(part.shards, desc="prepare 2/3 events", disable=not cfg.progress))]
+    ctx.train_pool = Pool.of(np.flatnonzero(totals.train_events[1:] > 0) + 1, n_items)
+    for k, path in enumerate(tqdm(events, desc="prepare 2/3 samples", disable=not cfg.progress)):
+        processor.samples(k, path)
     bucket_paths = writer.close()
     user_vocab.close()
 
@@ -280,6 +283,7 @@ def prepare(raw_dir: str, out_dir: str, config: PrepareConfig = PrepareConfig())
         "test_cold_positives": cold["positives"],
         "unsorted_timestamps_sorted": counts["unsorted_timestamps_sorted"],
         "held_out_items": n_held,
+        "training_negative_pool": len(ctx.train_pool.items),
         "item_id_vocab": side.features[0].vocab.size,
         "title_vocab": side.titles.vocab.size if side.titles is not None else 0,
         "behavior_types": len(behavior_labels),

@@ -123,7 +123,11 @@ class Context:
     cfg: PrepareConfig
     part: Partition
     held_out: np.ndarray  # bool [num_items]: cold items held out of the training period
-    train_pool: Pool  # training negatives: the catalogue without held-out items
+    # Training negatives: the items with a training-period event, known once every shard's events
+    # are filtered (pass 2a). An item without one has no embedding row of its own (it maps to the
+    # OOV row), so drawing it as a training negative would teach "OOV means no click" and bias
+    # exactly the cold candidates of the test period. Held-out items have no training event.
+    train_pool: Optional[Pool]
     test_pool: Pool  # test negatives: the whole catalogue
     cutoff: Optional[int]  # first test timestamp of the time split
 
@@ -160,13 +164,19 @@ def negatives(pos: np.ndarray, k: int, pool: Pool, rng: np.random.Generator) -> 
 
 
 class ShardProcessor:
-    """Pass 2 over the shards, in order; user rows continue from shard to shard."""
+    """Pass 2 over the shards, in order; user rows continue from shard to shard.
+
+    :meth:`filter` (2a) cleans, splits and counts one shard's events and saves them; once every
+    shard has been filtered the training period's items are known, and :meth:`samples` (2b) turns
+    the saved events into samples with negatives drawn among them.
+    """
 
     def __init__(self, ctx: Context, totals: Totals, writer: SampleWriter, user_vocab: pq.ParquetWriter):
         self.ctx, self.totals, self.writer, self.user_vocab = ctx, totals, writer, user_vocab
         self.next_user_row = 1
 
-    def run(self, shard: int, path: str) -> None:
+    def filter(self, shard: int, path: str) -> str:
+        """Pass 2a of one shard: returns the path of its kept events (``path`` + ``.events.npz``)."""
         cfg, counts = self.ctx.cfg, self.totals.counts
         t = read_temp(path)
         users = t.column(USER).combine_chunks()
@@ -217,6 +227,22 @@ class ShardProcessor:
         counts["held_out_training_events_dropped"] += int(held.sum())
         ev, is_test = ev.select(~held), is_test[~held]
         self._accumulate(ev, ~is_test)
+        out = path + ".events.npz"
+        arrays = dict(user=ev.user, item=ev.item, ts=ev.ts, code=ev.code, label=ev.label)
+        if ev.rating is not None:
+            arrays["rating"] = ev.rating
+        np.savez(out, rows=rows, is_test=is_test, **arrays)
+        return out
+
+    def samples(self, shard: int, events_path: str) -> None:
+        """Pass 2b of one shard: the samples of the events :meth:`filter` saved."""
+        if self.ctx.train_pool is None:
+            raise RuntimeError("samples() before every shard was filtered (the training pool is unknown)")
+        with np.load(events_path) as z:
+            ev = _Events(z["user"], z["item"], z["ts"], z["code"], z["label"],
+                         z["rating"] if "rating" in z.files else None)
+            rows, is_test = z["rows"], z["is_test"]
+        os.remove(events_path)
         self._samples(shard, rows, ev, is_test)
 
     def _events(self, t: pa.Table, users: pa.Array, distinct: pa.Array) -> "_Events":
