@@ -16,7 +16,8 @@ from marn_rec.features import TABLE_DTYPES, id_tables, property_tables, statisti
 from marn_rec.testing import random_batch
 from marn_rec.training.checkpoint import CheckpointError, latest_checkpoint
 from marn_rec.training.cli import parse_train_args
-from marn_rec.training.loop import TrainConfig, _run_meta, train
+from marn_rec.training.loop import TrainConfig, train
+from marn_rec.training.run_meta import run_meta
 
 
 def _fp16(config=None):
@@ -73,19 +74,15 @@ def test_fp16_run_trains_checkpoints_and_resumes_exactly(tmp_path: Path) -> None
     momentum = [d for k, d in dtypes.items() if k.startswith("optim.state.sparse.") and "t_item_id" in k]
     assert momentum == [torch.float32]
     assert train(_cfg(tmp_path / "resumed")) == full
-    with pytest.raises(CheckpointError, match=r"model.tower.table_dtype: checkpoint 'fp16', this run None"):
+    with pytest.raises(CheckpointError, match=r"model.tower.table_dtype: checkpoint 'fp16', this run 'fp32'"):
         train(_cfg(tmp_path / "resumed", table_dtype="fp32"))
 
 
-def test_meta_of_fp32_runs_is_unchanged() -> None:
-    """fp32 (the default) is left out of the checked metadata, so checkpoints written before the
-    option existed still resume; fp16 is recorded."""
-    cfg = TrainConfig(preset="tiny")
-    meta = _run_meta(cfg, cfg.model_config(), {})
-    assert "table_dtype" not in meta["model"]["tower"] and "table_dtype" not in meta["train"]
+def test_table_dtype_is_in_the_checked_meta() -> None:
     cfg16 = TrainConfig(preset="tiny", table_dtype="fp16")
-    assert _run_meta(cfg16, cfg16.model_config(), {})["model"]["tower"]["table_dtype"] == "fp16"
+    assert run_meta(cfg16, cfg16.model_config(), {})["model"]["tower"]["table_dtype"] == "fp16"
     assert cfg16.model_config().tower.table_dtype == "fp16"
+    assert "table_dtype" not in run_meta(cfg16, cfg16.model_config(), {})["train"]
 
 
 def test_command_line_flag(tmp_path: Path, capsys) -> None:
@@ -99,9 +96,8 @@ def test_command_line_flag(tmp_path: Path, capsys) -> None:
 
 
 def test_dense_initial_accumulator_reaches_adagrad_and_the_checked_meta() -> None:
-    """The dense AdaGrad starts its sums at the configured value; the default (TensorFlow's 0.1)
-    stays out of the checkpoint meta, so checkpoints from before the field existed still resume,
-    and any other value is checked on resume."""
+    """The dense AdaGrad starts its sums at the configured value, which the checkpoint meta
+    records (checkpoints from before the field existed: tests/test_run_meta.py)."""
     from torch import nn
 
     from marn_rec.training.sharding import ADAGRAD_INITIAL_ACCUMULATOR, training_optimizer
@@ -111,7 +107,5 @@ def test_dense_initial_accumulator_reaches_adagrad_and_the_checked_meta() -> Non
         opt = training_optimizer(layer, initial_accumulator_value=value)
         sums = [s["sum"] for s in opt.state.values() if "sum" in s]
         assert sums and all(torch.all(s == expected) for s in sums)
-    cfg = TrainConfig(preset="tiny")
-    assert "dense_initial_accumulator" not in _run_meta(cfg, cfg.model_config(), {})["train"]
     cfg = TrainConfig(preset="tiny", dense_initial_accumulator=1e-3)
-    assert _run_meta(cfg, cfg.model_config(), {})["train"]["dense_initial_accumulator"] == 1e-3
+    assert run_meta(cfg, cfg.model_config(), {})["train"]["dense_initial_accumulator"] == 1e-3

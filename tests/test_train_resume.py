@@ -48,7 +48,7 @@ def test_mismatched_checkpoint_is_refused(tmp_path: Path) -> None:
     train(_cfg(tmp_path, stop_after=2))
     with pytest.raises(CheckpointError, match=r"different run:\n  train.learning_rate: checkpoint 0.1, this run 0.2"):
         train(_cfg(tmp_path, learning_rate=0.2))
-    with pytest.raises(CheckpointError, match=r"train.dense_initial_accumulator: checkpoint None, this run 0.001"):
+    with pytest.raises(CheckpointError, match=r"train.dense_initial_accumulator: checkpoint 0.1, this run 0.001"):
         train(_cfg(tmp_path, dense_initial_accumulator=1e-3))
     with pytest.raises(CheckpointError, match="resume=never"):
         train(_cfg(tmp_path, resume="never"))

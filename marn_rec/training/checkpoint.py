@@ -416,13 +416,26 @@ def _older_hint(path: str) -> str:
             f"{os.path.basename(path)} to resume from it")
 
 
-def _differences(saved: Any, expected: Any, prefix: str = "") -> list:
+_ABSENT = object()
+
+
+def _differences(saved: Any, expected: Any, defaults: Any = None, prefix: str = "") -> list:
+    """Where ``saved`` and ``expected`` differ; a key ``saved`` lacks is no difference when the
+    expected value is its entry in ``defaults`` (a field added after the checkpoint was written,
+    see :mod:`marn_rec.training.run_meta`)."""
     if isinstance(saved, dict) and isinstance(expected, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         out = []
         for k in sorted(set(saved) | set(expected)):
-            out += _differences(saved.get(k), expected.get(k), f"{prefix}{k}.")
+            if k not in saved and k in defaults and expected[k] == defaults[k]:
+                continue
+            out += _differences(saved.get(k, _ABSENT), expected.get(k, _ABSENT), defaults.get(k),
+                                f"{prefix}{k}.")
         return out
-    return [] if saved == expected else [f"{prefix[:-1]}: checkpoint {saved!r}, this run {expected!r}"]
+    if saved == expected:
+        return []
+    show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
+    return [f"{prefix[:-1]}: checkpoint {show(saved)}, this run {show(expected)}"]
 
 
 def _dir_step(path: str) -> Optional[int]:
@@ -447,9 +460,11 @@ def load_checkpoint(
     optimizer: Any,
     loader: StatefulDataLoader,
     meta: Dict[str, Any],
+    defaults: Optional[Dict[str, Any]] = None,
 ) -> int:
     """Restores the state saved by :func:`save_checkpoint` in ``path``; returns its step
-    (collective: every rank calls it).
+    (collective: every rank calls it). ``meta`` must equal the checkpoint's, except for keys the
+    checkpoint lacks whose value here is their entry in ``defaults`` (same shape as ``meta``).
 
     Raises:
         CheckpointError: the checkpoint is incomplete or damaged (a file missing or changed since
@@ -474,7 +489,8 @@ def load_checkpoint(
             if k != "world_size":
                 expected.pop(k, None)
         diffs = _differences(
-            {k: v for k, v in saved.items() if k not in _INTERNAL_META or k == "world_size"}, expected
+            {k: v for k, v in saved.items() if k not in _INTERNAL_META or k == "world_size"}, expected,
+            json.loads(json.dumps(defaults or {})),
         )
         if diffs:
             error = f"{path} was written by a different run:\n  " + "\n  ".join(diffs)

@@ -53,6 +53,7 @@ from marn_rec.training.divergence import (
 )
 from marn_rec.training.evaluation import evaluate
 from marn_rec.training.plots import plot_training
+from marn_rec.training.run_meta import meta_defaults, run_meta
 from marn_rec.training.sources import prepared_data, synthetic_data
 from marn_rec.validation import validated_batches
 
@@ -225,34 +226,6 @@ def init_distributed() -> Tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), device
 
 
-# Settings that may change between a run and its resumption. ``table_dtype`` is checked through
-# the model's configuration (``model.tower.table_dtype``); the pipeline changes no value; the
-# dense precision and the fused optimizer change the rounding, not the model or its state.
-_NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every",
-                "stop_after", "pipeline", "table_dtype", "dense_dtype", "fused_optimizer")
-
-
-# Fields added after checkpoints were first written: left out of the meta at their default, so
-# that those checkpoints still resume (and checked like any other field when set otherwise).
-_ADDED_FIELDS: Dict[Tuple[str, ...], Any] = {
-    ("model", "tower", "table_dtype"): "fp32",
-    ("train", "dense_initial_accumulator"): ADAGRAD_INITIAL_ACCUMULATOR,
-}
-
-
-def _run_meta(cfg: TrainConfig, model_cfg: MARNConfig, data: Dict[str, Any]) -> Dict[str, Any]:
-    """What a checkpoint must agree on to be resumed (JSON round-tripped for comparison)."""
-    meta = {"train": {k: v for k, v in asdict(cfg).items() if k not in _NOT_CHECKED},
-            "model": asdict(model_cfg), "data": data}
-    for *path, name in _ADDED_FIELDS:
-        section = meta
-        for key in path:
-            section = section[key]
-        if section.get(name) == _ADDED_FIELDS[(*path, name)]:
-            del section[name]
-    return json.loads(json.dumps(meta))
-
-
 def segment_lengths(start: int, last_step: int, boundaries: Sequence[int]) -> Iterator[int]:
     """Steps of each pipeline segment from ``start`` to ``last_step``: a segment ends at every
     multiple of a positive value of ``boundaries`` (evaluation, checkpoint) and at ``last_step``.
@@ -333,10 +306,11 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         nodes = f"{world // local} node(s) x {local} (LOCAL_WORLD_SIZE)"
         print(f"sharding plan ({world} ranks: {nodes}, {device.type}):\n{plan_summary(dmp.plan)}", flush=True)
 
-    meta = _run_meta(cfg, model_cfg, data.description)
+    meta = run_meta(cfg, model_cfg, data.description)
     step = 0
     if latest is not None:
-        step = load_checkpoint(latest, dmp, optimizer, train_loader, meta)
+        defaults = meta_defaults(cfg, model_cfg, SyntheticTaobaoConfig if cfg.data_dir is None else None)
+        step = load_checkpoint(latest, dmp, optimizer, train_loader, meta, defaults)
         if rank == 0:
             print(f"resumed from {latest} at step {step}", flush=True)
     train_module = dmp.module  # MARNTrain, unwrapped: its schedule and logged losses
