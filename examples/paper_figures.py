@@ -91,11 +91,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         figures.plot_attention_heatmap(result, a.out)
         with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
             json.dump(result, f, indent=1)
-        print(json.dumps(result))
+        print(f"written: {a.out}, {os.path.splitext(a.out)[0] + '.json'}")
         return
     if a.figure == "fig6a":
         figures.plot_adversarial_loss(a.metrics, a.out)
-        print(json.dumps(figures.adversarial_curves(a.metrics)))
+        curves = os.path.splitext(a.out)[0] + ".json"
+        with open(curves, "w") as f:
+            json.dump(figures.adversarial_curves(a.metrics), f)
+        print(f"written: {a.out}, {curves}")
         return
     for flag, value in (("--steps", a.steps), ("--batch-size", a.batch_size),
                         ("--eval-batches", a.eval_batches), ("--jobs", a.jobs)):
