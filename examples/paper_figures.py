@@ -65,7 +65,7 @@ def parser() -> CheckedArgumentParser:
                     help="rows: category groups (the paper's), or items by image quality")
     f6a = sub.add_parser("fig6a", help="adversarial loss over training")
     f6a.add_argument("--metrics", required=True, help="a run's metrics.jsonl")
-    f6a.add_argument("--out", required=True, help="PNG to write")
+    f6a.add_argument("--out", required=True, help="PNG to write (and the curves beside it, .json)")
     f6b = sub.add_parser("fig6b", help="AUC against lambda0")
     _training_args(f6b, steps=800)
     f6b.add_argument("--model", default="MARN", choices=list(ABLATIONS), help="configuration")

@@ -11,6 +11,7 @@ from marn_rec.training.ablation.convergence import (
     plateau_table,
     projected_gain,
     slope,
+    verdict,
 )
 from marn_rec.training.ablation.report import report_text
 
@@ -51,11 +52,24 @@ def test_plateau_rows_flag_rising_and_flat_configurations():
     results = [{"model": m, "seed": seed, "auc": c[-1], "curve": _curve(steps, c)}
                for seed in (1, 2, 3) for m, c in (("Rising", rising), ("Flat", flat))]
     rows = {r["model"]: r for r in plateau_rows(results)}
-    assert not rows["Rising"]["plateaued"] and rows["Rising"]["interval"]["mean"] == pytest.approx(0.006)
-    assert rows["Flat"]["plateaued"] and abs(rows["Flat"]["interval"]["mean"]) < PLATEAU_THRESHOLD
+    assert rows["Rising"]["plateaued"] == "no" and rows["Rising"]["interval"]["mean"] == pytest.approx(0.006)
+    assert rows["Flat"]["plateaued"].startswith("yes") and abs(rows["Flat"]["interval"]["mean"]) < PLATEAU_THRESHOLD
     text = plateau_table(results)
-    assert "| Rising | +0.60" in text and "| no |" in text and "| yes |" in text
+    assert "| Rising | +0.60" in text and "| no |" in text and "| yes" in text
     assert "Convergence" in report_text(results)
+
+
+def test_verdict_uses_the_interval_not_the_mean_alone():
+    def stats(values):
+        from marn_rec.training.ablation.statistics import t_interval
+        return t_interval(values)
+
+    assert verdict(stats([0.001, 0.0012, 0.0008])) == "yes"
+    assert verdict(stats([-0.004, -0.005, -0.003])) == "yes (falling)"
+    assert verdict(stats([0.010, 0.011, 0.009])) == "no"
+    # Mean below the threshold, but one noisy seed: the interval reaches above it.
+    assert verdict(stats([0.0, -0.002, 0.009])) == "undetermined"
+    assert verdict(stats([0.004])) == "no" and verdict(stats([0.001])) == "yes"
 
 
 def test_no_table_without_curves():

@@ -363,17 +363,43 @@ def test_ablation_report_gives_each_models_share_of_the_reference_gap() -> None:
 
 def test_learning_curve_evaluations_leave_out_the_cold_sets_and_the_last_scores_them(tmp_path) -> None:
     """Evaluations before the last score the ordinary batches only (the curve); the last one adds
-    Table 5's cold candidate sets, and its ordinary metrics are those a curve evaluation of the
-    same weights would give (same batches)."""
+    Table 5's cold candidate sets, and its ordinary metrics are those of the same batches: a run
+    that ends at step 2 reports at its end what a longer run's curve reports at step 2
+    (BaseModel+CONC: no lambda schedule, so the weights at step 2 are the same)."""
     from marn_rec.training.loop import TrainConfig, train
 
-    cfg = TrainConfig(preset="tiny", model="BaseModel+CONC", steps=4, batch_size=16, eval_every=2,
-                      eval_batches=2, out_dir=str(tmp_path / "run"), progress=False, resume="never",
-                      data_overrides={"num_cold_set_batches": 2, "cold_set_size": 4,
-                                      "cold_set_users_per_batch": 2})
-    train(cfg)
-    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line).get("split") == "eval"]
-    assert [e["step"] for e in evals] == [2, 4]
-    assert "cold_recall" not in evals[0] and evals[0]["samples"] == 32
-    assert evals[1]["cold_sets"] == 4 and "cold_recall" in evals[1] and evals[1]["samples"] == 32
+    def run(name: str, steps: int):
+        cfg = TrainConfig(preset="tiny", model="BaseModel+CONC", steps=steps, batch_size=16, eval_every=2,
+                          eval_batches=2, out_dir=str(tmp_path / name), progress=False, resume="never",
+                          data_overrides={"num_cold_set_batches": 2, "cold_set_size": 4,
+                                          "cold_set_users_per_batch": 2})
+        train(cfg)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r.get("split") == "eval"]
+
+    long, short = run("long", 4), run("short", 2)
+    assert [e["step"] for e in long] == [2, 4] and [e["step"] for e in short] == [2]
+    assert "cold_recall" not in long[0] and long[0]["samples"] == 32
+    assert long[1]["cold_sets"] == 4 and "cold_recall" in long[1] and long[1]["samples"] == 32
+    assert "cold_recall" in short[0]
+    for key in ("auc", "user_auc", "cold_auc", "samples", "click_rate"):
+        assert short[0][key] == long[0][key], key
+
+
+@pytest.mark.parametrize("eval_batches,cold_sets", [(16, 16), (3, 2), (50, 2)])
+def test_every_rank_evaluates_as_many_batches(eval_batches, cold_sets) -> None:
+    """Each forward of the sharded model is a collective: in the curve evaluations and in the last
+    one every rank must get the same number of batches, whatever the split of the two kinds."""
+    from marn_rec.training.loop import TrainConfig
+    from marn_rec.training.sources import synthetic_data
+
+    for world in (2, 3, 4):
+        cfg = TrainConfig(preset="tiny", batch_size=8 * world, eval_batches=eval_batches,
+                          data_overrides={"num_cold_set_batches": cold_sets, "cold_set_size": 4,
+                                          "cold_set_users_per_batch": 2})
+        curve, final = set(), set()
+        for rank in range(world):
+            data = synthetic_data(cfg, cfg.model_config(), rank, world)
+            curve.add(sum(1 for _ in data.curve_eval_batches()))
+            final.add(sum(1 for _ in data.eval_batches()))
+        assert curve == {eval_batches // world} and final == {(eval_batches + cold_sets) // world}, world

@@ -313,6 +313,14 @@ def test_training_negatives_are_items_of_the_training_period(tmp_path):
     assert not any(s["candidate_cold"] for s in train)
     test_negatives = {s["cand_raw"] for s in decoded(out, "test") if s["label"] == 0.0}
     assert test_negatives - set(names[:6]), "test negatives come from the whole catalogue"
+    # With min_count, items below it have no row of their own either: they leave the pool too.
+    counts = Counter(item for item in item_ids if item in names[:6])  # every training-period event
+    out2 = str(tmp_path / "out2")
+    summary = prepare(write_raw(tmp_path, {"item_id": names}, events, name="raw2"), out2,
+                      PrepareConfig(negatives=5, min_count=min(counts.values()) + 1, progress=False))
+    kept = {n for n, c in counts.items() if c >= min(counts.values()) + 1}
+    assert summary["training_negative_pool"] == len(kept) < 6
+    assert {s["cand_raw"] for s in decoded(out2, "train") if s["label"] == 0.0} <= kept
 
 
 def test_seeded_reproducibility(tmp_path):

@@ -60,3 +60,24 @@ def test_a_nested_model_field_and_a_field_this_run_lacks() -> None:
     # A field the checkpoint has and this code does not (removed since): always a difference.
     extra = {**meta, "train": {**meta["train"], "retired_option": 3}}
     assert _differences(extra, meta, defaults) == ["train.retired_option: checkpoint 3, this run absent"]
+
+
+def test_fields_added_to_the_id_features_of_prepared_data() -> None:
+    """``tower.id_features`` is a tuple of dataclasses: a field added to ``IdFeature`` is compared
+    element by element, at its default, like any other."""
+    from dataclasses import replace
+
+    from marn_rec.config import IdFeature
+
+    cfg = TrainConfig(preset="tiny")
+    feats = (IdFeature("item_id", 10, 8), IdFeature("genres", 5, 4, multi_valued=True))
+    model = replace(cfg.model_config(), tower=replace(cfg.model_config().tower, id_features=feats))
+    meta, defaults = run_meta(cfg, model, {}), meta_defaults(cfg, model)
+    assert defaults["model"]["tower"]["id_features"][1]["multi_valued"] is False
+    old = {**meta, "model": {**meta["model"], "tower": {
+        **meta["model"]["tower"],
+        "id_features": [{k: v for k, v in f.items() if k != "multi_valued"} for f in meta["model"]["tower"]["id_features"]]}}}
+    # item_id is at the default (single-valued): accepted; genres is multi-valued: refused.
+    assert _differences(old, meta, defaults) == [
+        "model.tower.id_features.1.multi_valued: checkpoint absent, this run True"]
+    assert _differences(meta, meta, defaults) == []

@@ -432,6 +432,10 @@ def _differences(saved: Any, expected: Any, defaults: Any = None, prefix: str = 
             out += _differences(saved.get(k, _ABSENT), expected.get(k, _ABSENT), defaults.get(k),
                                 f"{prefix}{k}.")
         return out
+    if (isinstance(saved, list) and isinstance(expected, list) and isinstance(defaults, list)
+            and len(saved) == len(expected) == len(defaults)):
+        return [d for i, (a, b, c) in enumerate(zip(saved, expected, defaults))
+                for d in _differences(a, b, c, f"{prefix}{i}.")]
     if saved == expected:
         return []
     show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731

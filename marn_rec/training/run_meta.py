@@ -7,8 +7,8 @@ data's description. A run resumes from it only where these agree, with two excep
 - a field the checkpoint lacks was added to the code after the checkpoint was written. The run
   that wrote it behaved as the field's default (fields are only ever added with a default that
   keeps the old behaviour), so it is accepted when this run's value is that default and refused
-  otherwise. :func:`meta_defaults` gives those defaults from the dataclasses themselves, so that
-  adding a field needs no entry anywhere.
+  otherwise. :func:`meta_defaults` gives those defaults from the dataclasses themselves (nested
+  ones, and sequences of them, too), so that adding a field needs no entry anywhere.
 """
 
 import json
@@ -36,17 +36,24 @@ def run_meta(train: Any, model: MARNConfig, data: Dict[str, Any]) -> Dict[str, A
 
 
 def _field_defaults(cls: Type[Any], instance: Any = None) -> Dict[str, Any]:
-    """Per field of the dataclass ``cls``: its default; for a field holding a dataclass (in
-    ``instance``), the defaults of that one's fields. Fields without a default are left out."""
+    """Per field of the dataclass ``cls``: its default. A field that holds a dataclass in
+    ``instance`` (and whose own default, if any, is one) gets the defaults of that one's fields; a
+    sequence of dataclasses gets them element by element (``_differences`` then compares element by
+    element). Fields without a default are left out: a checkpoint cannot lack them."""
     out: Dict[str, Any] = {}
     for f in fields(cls):
         value = getattr(instance, f.name, None) if instance is not None else None
-        if is_dataclass(value):
-            out[f.name] = _field_defaults(type(value), value)
-        elif f.default is not MISSING:
-            out[f.name] = f.default
+        default: Any = MISSING
+        if f.default is not MISSING:
+            default = f.default
         elif f.default_factory is not MISSING:  # type: ignore[misc]
-            out[f.name] = f.default_factory()  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        if is_dataclass(value) and (default is MISSING or is_dataclass(default)):
+            out[f.name] = _field_defaults(type(value), value)
+        elif isinstance(value, (list, tuple)) and value and all(is_dataclass(v) for v in value):
+            out[f.name] = [_field_defaults(type(v), v) for v in value]
+        elif default is not MISSING:
+            out[f.name] = default
     return out
 
 

@@ -25,7 +25,7 @@ from marn_rec.config import (
     IdFeature,
     MARNConfig,
 )
-from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig, make_loader
+from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig, make_loader, shard_batch_indices
 
 # Embedding width of an ID feature of a prepared data set, by name; others get the category's.
 _DIMS = {"item_id": "item_dim", "shop_id": "shop_dim", "brand_id": "brand_dim"}
@@ -126,12 +126,14 @@ def synthetic_data(cfg: Any, model_cfg: MARNConfig, rank: int, world: int) -> Tr
         data_cfg, model_cfg, "train", rank, world, cfg.num_workers, cfg.dedup, source=source
     )
     eval_loader = make_loader(data_cfg, model_cfg, "eval", rank, world, 0, cfg.dedup, source=source)
-    dataset = eval_loader.dataset
-    ordinary = [i for i, index in enumerate(dataset.indices) if index < data_cfg.num_eval_batches]
     curve = None
-    if len(ordinary) < len(dataset):
+    if data_cfg.num_cold_set_batches:
+        # The ordinary batches dealt out on their own, so that every rank evaluates as many batches
+        # as the others (each forward of the sharded model is a collective).
+        ordinary = shard_batch_indices(data_cfg.num_eval_batches, rank, world)
+
         def curve() -> Iterable[MARNBatch]:
-            return (dataset[i] for i in ordinary)
+            return (source.batch("eval", index, dedup=cfg.dedup) for index in ordinary)
     return TrainingData(model_cfg, train_loader, lambda: iter(eval_loader), asdict(data_cfg), curve)
 
 

@@ -248,7 +248,8 @@ def prepare(raw_dir: str, out_dir: str, config: PrepareConfig = PrepareConfig())
     processor = ShardProcessor(ctx, totals, writer, user_vocab)
     events = [processor.filter(k, path) for k, path in
               enumerate(tqdm(part.shards, desc="prepare 2/3 events", disable=not cfg.progress))]
-    ctx.train_pool = Pool.of(np.flatnonzero(totals.train_events[1:] > 0) + 1, n_items)
+    # Items with a row of their own in item_id's vocabulary (training count >= min_count).
+    ctx.train_pool = Pool.of(np.flatnonzero(totals.train_events[1:] >= max(1, cfg.min_count)) + 1, n_items)
     for k, path in enumerate(tqdm(events, desc="prepare 2/3 samples", disable=not cfg.progress)):
         processor.samples(k, path)
     bucket_paths = writer.close()
@@ -283,12 +284,14 @@ def prepare(raw_dir: str, out_dir: str, config: PrepareConfig = PrepareConfig())
         "test_cold_positives": cold["positives"],
         "unsorted_timestamps_sorted": counts["unsorted_timestamps_sorted"],
         "held_out_items": n_held,
-        "training_negative_pool": len(ctx.train_pool.items),
+
         "item_id_vocab": side.features[0].vocab.size,
         "title_vocab": side.titles.vocab.size if side.titles is not None else 0,
         "behavior_types": len(behavior_labels),
         "dropped": {reason: counts[f"{reason}_dropped"] for reason in DROP_REASONS},
     }
+    if not part.labelled:
+        summary["training_negative_pool"] = len(ctx.train_pool.items)
     if side.word_vectors_found is not None:
         summary["word_vectors_found"] = side.word_vectors_found
     if cutoff is not None:

@@ -1,10 +1,12 @@
 """Pass 2 of preparation: one user shard at a time, events -> samples and training counts.
 
-Per shard (every event of its users, about ``shard_events`` of them): exact duplicates dropped,
+2a, per shard (every event of its users, about ``shard_events`` of them): exact duplicates dropped,
 events put in time order per user (ties keep file order), users with too few behaviours dropped,
 each event assigned to the training or test period, held-out cold items' training events dropped;
-then the per-item training counts (events, behaviours, distinct users, ratings) are accumulated and
-every candidate event becomes a sample with its history, ``chunk_samples`` candidates at a time.
+the per-item training counts (events, behaviours, distinct users, ratings) are accumulated and the
+kept events saved. 2b, once every shard is through 2a (so that the training period's items, the
+pool of training negatives, are known), per shard: every candidate event becomes a sample with its
+history, ``chunk_samples`` candidates at a time.
 Training samples go to randomly chosen shuffle buckets, test samples to one file in order; pass 3
 finishes both. A sample's history is the user's behaviours strictly before its candidate in that
 order (the latest ``max_length``): never a test-period event for a training sample, because the
@@ -157,7 +159,9 @@ def negatives(pos: np.ndarray, k: int, pool: Pool, rng: np.random.Generator) -> 
     at = pool.index[pos]
     size = len(pool.items) - (at >= 0)
     if (size <= 0).any():
-        raise ValueError("the catalogue is too small to draw a negative other than the positive")
+        raise ValueError(f"cannot draw a negative other than the positive: the pool of negatives has "
+                         f"{len(pool.items)} item(s) (training negatives: the items with a row of their "
+                         f"own, i.e. at least min_count training-period events)")
     r = rng.integers(0, size[:, None], size=(len(pos), k))
     r += (at[:, None] >= 0) & (r >= at[:, None])
     return pool.items[r]
@@ -232,6 +236,7 @@ class ShardProcessor:
         if ev.rating is not None:
             arrays["rating"] = ev.rating
         np.savez(out, rows=rows, is_test=is_test, **arrays)
+        os.remove(path)  # read by nothing after this: the temporary space stays one copy
         return out
 
     def samples(self, shard: int, events_path: str) -> None:

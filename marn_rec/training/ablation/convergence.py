@@ -3,9 +3,13 @@
 One run's evaluations scatter by a few 0.1 AUC points, so the difference of its last two says
 little. The trend of a run is the least-squares slope through every evaluation in the last half of
 its budget; what matters is what that slope would still add if training went on for another half
-budget (the *projected gain*). A configuration has plateaued when the mean projected gain over
-seeds is below ``threshold`` (default 0.25 AUC points: below the paired differences between
-configurations that the tables set out to resolve, so that going on would not reorder them).
+budget (the *projected gain*). With few evaluations one run's slope is itself noisy, so the
+verdict uses the 95% interval of the mean over seeds against ``threshold`` (default 0.25 AUC
+points: below the paired differences between configurations that the tables set out to resolve, so
+that going on would not reorder them): "yes" when the whole interval lies below it, "no" when the
+whole interval lies above it, "undetermined" otherwise (with one seed: its value against the
+threshold). The check needs at least 3 evaluations in the last half of the budget
+(``--eval-every`` at most a quarter of ``--steps``); a falling mean is "yes (falling)".
 """
 
 import math
@@ -55,8 +59,19 @@ def plateau_rows(results: List[Dict[str, Any]], metric: str = "auc",
             continue
         stats = t_interval(got)
         rows.append({"model": model, "gains": gains, "interval": stats,
-                     "plateaued": stats["mean"] < threshold})
+                     "plateaued": verdict(stats, threshold)})
     return rows
+
+
+def verdict(stats: Dict[str, Any], threshold: float = PLATEAU_THRESHOLD) -> str:
+    """"yes", "yes (falling)", "no" or "undetermined" for a :func:`t_interval` of projected gains."""
+    low = stats["mean"] if stats["low"] is None else stats["low"]
+    high = stats["mean"] if stats["high"] is None else stats["high"]
+    if high < threshold:
+        return "yes (falling)" if high < 0 else "yes"
+    if low > threshold:
+        return "no"
+    return "undetermined"
 
 
 def plateau_table(results: List[Dict[str, Any]], metric: str = "auc",
@@ -69,11 +84,11 @@ def plateau_table(results: List[Dict[str, Any]], metric: str = "auc",
     name = {"auc": "AUC", "user_auc": "per-user AUC", "cold_auc": "cold-candidate AUC"}.get(metric, metric)
     lines = [f"Convergence: the {name} that each run would still gain over another half of its budget, "
              "at the least-squares slope of its evaluations in the last half (AUC points; "
-             f"plateaued: mean below {100 * threshold:.2f}):", "",
+             f"plateaued: the 95% interval of the mean over seeds below {100 * threshold:.2f}):", "",
              "| model | projected gain [95% CI] | plateaued | per seed |", "| --- | --- | --- | --- |"]
     for r in rows:
         s = r["interval"]
         ci = "" if s["low"] is None else f" [{pts(s['low'])}, {pts(s['high'])}]"
         per_seed = ", ".join(f"{seed}: {pts(g)}" for seed, g in r["gains"].items())
-        lines.append(f"| {r['model']} | {pts(s['mean'])}{ci} | {'yes' if r['plateaued'] else 'no'} | {per_seed} |")
+        lines.append(f"| {r['model']} | {pts(s['mean'])}{ci} | {r['plateaued']} | {per_seed} |")
     return "\n".join(lines)
