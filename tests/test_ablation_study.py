@@ -71,6 +71,16 @@ def test_summary_is_mean_and_sample_std_per_model_in_order() -> None:
     assert "| Bayes-optimal (true p) | 0.8000 | 0.7900 | 0.7800 |" in table
 
 
+def test_bayes_row_of_a_merged_study_is_that_of_the_most_seeds() -> None:
+    """A merged study whose configurations ran on different seeds: the Bayes row is the mean over
+    the largest seed set (the Bayes AUC depends on the seed only) and says which seeds."""
+    runs = [{"model": "A", "seed": s, "auc": 0.6, "bayes_auc": b} for s, b in ((1, 0.80), (2, 0.82))]
+    runs += [{"model": "B", "seed": s, "auc": 0.6, "bayes_auc": b}
+             for s, b in ((1, 0.80), (2, 0.82), (3, 0.78), (4, 0.84), (5, 0.81))]
+    table = markdown_table(summarize(runs))
+    assert "| Bayes-optimal (true p), seeds 1, 2, 3, 4, 5 | 0.8100 |" in table
+
+
 def test_report_files(tmp_path: Path) -> None:
     table, png = write_report(_results(), str(tmp_path), "python examples/ablation_study.py")
     assert (tmp_path / "table.md").read_text().startswith("`python examples/ablation_study.py`")

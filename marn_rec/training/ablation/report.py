@@ -39,8 +39,13 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if _has_bayes(rows):
-        bayes = rows[0]
-        cells = ["Bayes-optimal (true p)"] + [
+        # The Bayes AUC depends on the seed (the data) only: the row of the most seeds, named by
+        # its seeds when the configurations ran on different ones (a merged study).
+        bayes = max((r for r in rows if any("bayes_" + m in r for m in METRICS)), key=lambda r: len(r["seeds"]))
+        label = "Bayes-optimal (true p)"
+        if any(sorted(r["seeds"]) != sorted(bayes["seeds"]) for r in rows):
+            label += f", seeds {', '.join(map(str, sorted(bayes['seeds'])))}"
+        cells = [label] + [
             f"{bayes['bayes_' + m]:.4f}" if "bayes_" + m in bayes else "n/a" for m in METRICS
         ]
         lines.append("| " + " | ".join(cells) + " |")
