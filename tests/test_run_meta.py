@@ -7,7 +7,7 @@ import pytest
 
 from marn_rec.config import ItemTowerConfig
 from marn_rec.data import SyntheticTaobaoConfig
-from marn_rec.training.checkpoint import _differences
+from marn_rec.training.run_meta import differences
 from marn_rec.training.loop import TrainConfig
 from marn_rec.training.run_meta import NOT_CHECKED, meta_defaults, run_meta
 from marn_rec.training.sharding import ADAGRAD_INITIAL_ACCUMULATOR
@@ -42,24 +42,24 @@ def test_a_field_the_checkpoint_lacks_is_accepted_at_its_default_only(section, k
     meta, defaults = _meta(TrainConfig(preset="tiny"))
     old = {s: dict(v) for s, v in meta.items()}
     del old[section][key]  # written before the field existed
-    assert _differences(old, meta, defaults) == []
+    assert differences(old, meta, defaults) == []
     changed = {s: dict(v) for s, v in meta.items()}
     changed[section][key] = 0.5
-    assert _differences(old, changed, defaults) == [f"{section}.{key}: checkpoint absent, this run 0.5"]
+    assert differences(old, changed, defaults) == [f"{section}.{key}: checkpoint absent, this run 0.5"]
     # Without the defaults (a field with no default), absence is a difference.
-    assert _differences(old, meta) == [f"{section}.{key}: checkpoint absent, this run {meta[section][key]!r}"]
+    assert differences(old, meta) == [f"{section}.{key}: checkpoint absent, this run {meta[section][key]!r}"]
 
 
 def test_a_nested_model_field_and_a_field_this_run_lacks() -> None:
     meta, defaults = _meta(TrainConfig(preset="tiny"))
     old = {"train": meta["train"], "data": meta["data"],
            "model": {**meta["model"], "tower": {k: v for k, v in meta["model"]["tower"].items() if k != "table_dtype"}}}
-    assert _differences(old, meta, defaults) == []
+    assert differences(old, meta, defaults) == []
     fp16 = {**meta, "model": {**meta["model"], "tower": {**meta["model"]["tower"], "table_dtype": "fp16"}}}
-    assert _differences(old, fp16, defaults) == ["model.tower.table_dtype: checkpoint absent, this run 'fp16'"]
+    assert differences(old, fp16, defaults) == ["model.tower.table_dtype: checkpoint absent, this run 'fp16'"]
     # A field the checkpoint has and this code does not (removed since): always a difference.
     extra = {**meta, "train": {**meta["train"], "retired_option": 3}}
-    assert _differences(extra, meta, defaults) == ["train.retired_option: checkpoint 3, this run absent"]
+    assert differences(extra, meta, defaults) == ["train.retired_option: checkpoint 3, this run absent"]
 
 
 def test_fields_added_to_the_id_features_of_prepared_data() -> None:
@@ -78,6 +78,6 @@ def test_fields_added_to_the_id_features_of_prepared_data() -> None:
         **meta["model"]["tower"],
         "id_features": [{k: v for k, v in f.items() if k != "multi_valued"} for f in meta["model"]["tower"]["id_features"]]}}}
     # item_id is at the default (single-valued): accepted; genres is multi-valued: refused.
-    assert _differences(old, meta, defaults) == [
+    assert differences(old, meta, defaults) == [
         "model.tower.id_features.1.multi_valued: checkpoint absent, this run True"]
-    assert _differences(meta, meta, defaults) == []
+    assert differences(meta, meta, defaults) == []

@@ -18,7 +18,7 @@ agree: a flipped bit, a truncated or deleted file or an edited ``meta.json`` is 
 
 The loader state is restorable into a loader with another number of workers when the loader's only
 state is its position (map-style dataset, non-stateful sampler: the project's loaders), see
-:func:`restore_loader`.
+:mod:`marn_rec.training.loader_state`. What the run must agree with: :mod:`marn_rec.training.run_meta`.
 """
 
 import hashlib
@@ -35,7 +35,8 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from marn_rec.training.loader_state import LoaderStateError, convert_loader_state
+from marn_rec.training.loader_state import LoaderStateError, restore_loader
+from marn_rec.training.run_meta import differences
 
 COMPLETE = "COMPLETE"
 META = "meta.json"
@@ -164,20 +165,6 @@ def _checkpoint_files(path: str) -> List[str]:
 
 def _loader_file(rank: int) -> str:
     return f"loader_rank{rank}.pt"
-
-
-def restore_loader(loader: StatefulDataLoader, state: Dict[str, Any]) -> None:
-    """``loader.load_state_dict(state)``, also when ``state`` came from another worker count
-    (:mod:`marn_rec.training.loader_state`).
-
-    Raises:
-        CheckpointError: the worker counts differ and ``state`` holds more than a position.
-    """
-    try:
-        converted = convert_loader_state(state, loader.num_workers)
-    except LoaderStateError as e:
-        raise CheckpointError(str(e)) from None
-    loader.load_state_dict(converted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,32 +403,6 @@ def _older_hint(path: str) -> str:
             f"{os.path.basename(path)} to resume from it")
 
 
-_ABSENT = object()
-
-
-def _differences(saved: Any, expected: Any, defaults: Any = None, prefix: str = "") -> list:
-    """Where ``saved`` and ``expected`` differ; a key ``saved`` lacks is no difference when the
-    expected value is its entry in ``defaults`` (a field added after the checkpoint was written,
-    see :mod:`marn_rec.training.run_meta`)."""
-    if isinstance(saved, dict) and isinstance(expected, dict):
-        defaults = defaults if isinstance(defaults, dict) else {}
-        out = []
-        for k in sorted(set(saved) | set(expected)):
-            if k not in saved and k in defaults and expected[k] == defaults[k]:
-                continue
-            out += _differences(saved.get(k, _ABSENT), expected.get(k, _ABSENT), defaults.get(k),
-                                f"{prefix}{k}.")
-        return out
-    if (isinstance(saved, list) and isinstance(expected, list) and isinstance(defaults, list)
-            and len(saved) == len(expected) == len(defaults)):
-        return [d for i, (a, b, c) in enumerate(zip(saved, expected, defaults))
-                for d in _differences(a, b, c, f"{prefix}{i}.")]
-    if saved == expected:
-        return []
-    show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
-    return [f"{prefix[:-1]}: checkpoint {show(saved)}, this run {show(expected)}"]
-
-
 def _dir_step(path: str) -> Optional[int]:
     name = os.path.basename(os.path.normpath(path))
     try:
@@ -468,7 +429,8 @@ def load_checkpoint(
 ) -> int:
     """Restores the state saved by :func:`save_checkpoint` in ``path``; returns its step
     (collective: every rank calls it). ``meta`` must equal the checkpoint's, except for keys the
-    checkpoint lacks whose value here is their entry in ``defaults`` (same shape as ``meta``).
+    checkpoint lacks whose value here is their entry in ``defaults`` (same shape as ``meta``, in
+    JSON form: :func:`marn_rec.training.run_meta.meta_defaults`).
 
     Raises:
         CheckpointError: the checkpoint is incomplete or damaged (a file missing or changed since
@@ -488,14 +450,9 @@ def load_checkpoint(
     elif _dir_step(path) not in (None, step):
         error = f"{path}: damaged checkpoint: {META} records step {step}, the directory name {_dir_step(path)}"
     else:
-        expected = json.loads(json.dumps({"world_size": world, **meta}))
-        for k in _INTERNAL_META:
-            if k != "world_size":
-                expected.pop(k, None)
-        diffs = _differences(
-            {k: v for k, v in saved.items() if k not in _INTERNAL_META or k == "world_size"}, expected,
-            json.loads(json.dumps(defaults or {})),
-        )
+        checked = lambda d: {k: v for k, v in d.items() if k not in _INTERNAL_META}  # noqa: E731
+        diffs = differences({"world_size": saved.get("world_size"), **checked(saved)},
+                            {"world_size": world, **checked(json.loads(json.dumps(meta)))}, defaults)
         if diffs:
             error = f"{path} was written by a different run:\n  " + "\n  ".join(diffs)
     _agree(error)
@@ -523,7 +480,7 @@ def load_checkpoint(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optim"])
         restore_loader(loader, loader_saved["loader"])
-    except CheckpointError as e:
+    except LoaderStateError as e:
         error = f"{path}: {e}"
     except Exception as e:  # noqa: BLE001 - reported on every rank by _agree
         error = f"{path}: cannot restore the saved state: {type(e).__name__}: {e}"

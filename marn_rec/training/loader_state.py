@@ -9,6 +9,8 @@ by that number. Such a state is rewritten into the layout of the target worker c
 
 from typing import Any, Dict, Optional, Tuple
 
+from torchdata.stateful_dataloader import StatefulDataLoader
+
 
 class LoaderStateError(ValueError):
     """A loader state that cannot be carried over to another number of workers."""
@@ -124,3 +126,12 @@ def convert_loader_state(state: Dict[str, Any], num_workers: int) -> Dict[str, A
         )
     base_seed = int(state[_SNAPSHOT][_MAIN].get("_base_seed", 0)) if saved else 0
     return loader_state_for(position, num_workers, finished, base_seed)
+
+
+def restore_loader(loader: StatefulDataLoader, state: Dict[str, Any]) -> None:
+    """``loader.load_state_dict(state)``, also when ``state`` came from another worker count.
+
+    Raises:
+        LoaderStateError: the worker counts differ and ``state`` holds more than a position.
+    """
+    loader.load_state_dict(convert_loader_state(state, loader.num_workers))

@@ -38,7 +38,7 @@ def run_meta(train: Any, model: MARNConfig, data: Dict[str, Any]) -> Dict[str, A
 def _field_defaults(cls: Type[Any], instance: Any = None) -> Dict[str, Any]:
     """Per field of the dataclass ``cls``: its default. A field that holds a dataclass in
     ``instance`` (and whose own default, if any, is one) gets the defaults of that one's fields; a
-    sequence of dataclasses gets them element by element (``_differences`` then compares element by
+    sequence of dataclasses gets them element by element (``differences`` then compares element by
     element). Fields without a default are left out: a checkpoint cannot lack them."""
     out: Dict[str, Any] = {}
     for f in fields(cls):
@@ -65,3 +65,29 @@ def meta_defaults(train: Any, model: MARNConfig, data_class: Optional[Type[Any]]
     if data_class is not None:
         out["data"] = _field_defaults(data_class)
     return _json(out)
+
+
+_ABSENT = object()
+
+
+def differences(saved: Any, expected: Any, defaults: Any = None, prefix: str = "") -> list:
+    """Where ``saved`` and ``expected`` differ; a key ``saved`` lacks is no difference when the
+    expected value is its entry in ``defaults`` (a field added after the checkpoint was written);
+    one line per difference, by dotted path."""
+    if isinstance(saved, dict) and isinstance(expected, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
+        out = []
+        for k in sorted(set(saved) | set(expected)):
+            if k not in saved and k in defaults and expected[k] == defaults[k]:
+                continue
+            out += differences(saved.get(k, _ABSENT), expected.get(k, _ABSENT), defaults.get(k),
+                                f"{prefix}{k}.")
+        return out
+    if (isinstance(saved, list) and isinstance(expected, list) and isinstance(defaults, list)
+            and len(saved) == len(expected) == len(defaults)):
+        return [d for i, (a, b, c) in enumerate(zip(saved, expected, defaults))
+                for d in differences(a, b, c, f"{prefix}{i}.")]
+    if saved == expected:
+        return []
+    show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
+    return [f"{prefix[:-1]}: checkpoint {show(saved)}, this run {show(expected)}"]
