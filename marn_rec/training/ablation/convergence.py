@@ -15,7 +15,7 @@ threshold). The check needs at least 3 evaluations in the last half of the budge
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from marn_rec.training.ablation.statistics import t_interval
+from marn_rec.training.ablation.statistics import NAMES, t_interval
 
 PLATEAU_THRESHOLD = 0.0025  # AUC (0.25 points)
 WINDOW = 0.5  # the last half of the budget
@@ -81,7 +81,7 @@ def plateau_table(results: List[Dict[str, Any]], metric: str = "auc",
     if not rows:
         return ""
     pts = lambda x: "n/a" if x is None else f"{100 * x:+.2f}"  # noqa: E731
-    name = {"auc": "AUC", "user_auc": "per-user AUC", "cold_auc": "cold-candidate AUC"}.get(metric, metric)
+    name = NAMES.get(metric, metric)
     lines = [f"Convergence: the {name} that each run would still gain over another half of its budget, "
              "at the least-squares slope of its evaluations in the last half (AUC points; "
              f"plateaued: the 95% interval of the mean over seeds below {100 * threshold:.2f}):", "",

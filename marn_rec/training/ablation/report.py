@@ -12,12 +12,12 @@ from marn_rec.training.ablation.convergence import plateau_table
 from marn_rec.training.ablation.statistics import (
     CONFIDENCE,
     METRICS,
+    NAMES,
     format_difference,
     paired_differences,
     summarize,
 )
 
-NAMES = {"auc": "AUC", "user_auc": "per-user AUC", "cold_auc": "cold-candidate AUC"}
 # The references of the paired differences, when they ran.
 REFERENCES = ("BaseModel+IDs", "BaseModel+CONC")
 RESULTS_FILE, TABLE_FILE, SKIPPED_FILE = "results.jsonl", "table.md", "skipped.json"

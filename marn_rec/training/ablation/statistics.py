@@ -20,6 +20,7 @@ import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 METRICS = ("auc", "user_auc", "cold_auc")
+NAMES = {"auc": "AUC", "user_auc": "per-user AUC", "cold_auc": "cold-candidate AUC"}  # of METRICS, for tables
 CONFIDENCE = 0.95
 
 
