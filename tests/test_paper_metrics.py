@@ -25,6 +25,7 @@ from marn_rec.training import figures
 from marn_rec.training.evaluation import (
     CANDIDATE_ITEM,
     CANDIDATE_SET,
+    COLD,
     evaluation_metrics,
     predict,
 )
@@ -134,6 +135,23 @@ def test_auc_by_popularity_level_is_the_auc_within_each_observed_level() -> None
                    - _brute_auc(e["click_prob"][sel], e["label"][sel])) < 1e-9
     assert sum(v["samples"] for v in out["popularity_levels"].values()) == 1500
     assert "cold_recall" not in out and "auc_by_latent_popularity_level" not in out
+
+
+def test_cold_and_warm_auc_split_the_samples_by_the_cold_flag() -> None:
+    e = _eval_facts()
+    cold = torch.arange(e["score"].numel()) % 7 == 0
+    # Cold candidates scored as a block below the rest: each part ranks well on its own, the
+    # whole does not, which is what warm_auc beside cold_auc shows.
+    e["score"] = torch.where(cold, e["score"] - 10.0, e["score"])
+    e[COLD] = cold.long()
+    out = evaluation_metrics(e)
+    assert out["cold_samples"] == int(cold.sum())
+    assert abs(out["cold_auc"] - _brute_auc(e["score"][cold], e["label"][cold])) < 1e-9
+    assert abs(out["warm_auc"] - _brute_auc(e["score"][~cold], e["label"][~cold])) < 1e-9
+    assert abs(out["bayes_warm_auc"] - _brute_auc(e["click_prob"][~cold], e["label"][~cold])) < 1e-9
+    assert out["auc"] < min(out["cold_auc"], out["warm_auc"])
+    e[COLD] = torch.ones_like(e[COLD])
+    assert "warm_auc" not in evaluation_metrics(e)
 
 
 # ---- Table 5: recall@N over per-user candidate sets ----

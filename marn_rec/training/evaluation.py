@@ -8,7 +8,9 @@ Which metrics appear depends on what the batches carry in ``meta``:
   (Table 4, ``auc_by_popularity_level``): levels from the evaluation samples' own counts of each
   candidate item, equal numbers of items per level (:func:`metrics.observed_popularity_levels`),
   with the levels' item and sample counts (``popularity_levels``);
-- ``candidate_cold``: AUC on cold candidates (``cold_auc``);
+- ``candidate_cold``: AUC on cold candidates (``cold_auc``) and on the others (``warm_auc``): a
+  model that ranks cold candidates as a block above or below the rest loses overall AUC that
+  neither of the two shows;
 - ``candidate_set`` (-1, or the ID of a user's candidate set of cold items; the synthetic stream's
   ``num_cold_set_batches``): Table 5, recall@N of the clicked cold items among each user's set
   (``cold_recall``, with the RANDOM row ``random_cold_recall`` and the sets' sizes); the samples of
@@ -177,6 +179,8 @@ def _sample_metrics(e: Dict[str, torch.Tensor], levels: int) -> Dict[str, Any]:
         cold = e[COLD].bool()
         out["cold_samples"] = int(cold.sum())
         _with_bayes(out, e, "cold_auc", lambda s: metrics.auc(s[cold], label[cold]))
+        if not bool(cold.all()):
+            _with_bayes(out, e, "warm_auc", lambda s: metrics.auc(s[~cold], label[~cold]))
     return out
 
 

@@ -21,7 +21,7 @@ from marn_rec.training.ablation.report import PARTIAL_RESULTS_FILE
 from marn_rec.training.loop import TrainConfig
 
 # What each evaluation record of a run's metrics.jsonl contributes to its learning curve.
-CURVE_KEYS = ("auc", "user_auc", "cold_auc", "bayes_auc")
+CURVE_KEYS = ("auc", "user_auc", "cold_auc", "warm_auc", "bayes_auc")
 
 
 def run_dir(base: TrainConfig, model: str, seed: int) -> str:
