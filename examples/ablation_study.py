@@ -25,7 +25,7 @@ import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
-from marn_rec.config import ABLATIONS, PRESETS, REFERENCE
+from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.ablation import (
     applicable_models,
@@ -58,8 +58,11 @@ def parser() -> CheckedArgumentParser:
                    help="knobs of the synthetic stream (SyntheticTaobaoConfig fields), e.g. "
                         "missing_image_prob=0.3 shared_view_weight=0 behavior_type_weights=1,1,1")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per seed and model")
-    p.add_argument("--models", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS) + [REFERENCE],
-                   metavar="MODEL", help=f"Table 3 configurations, of {', '.join(ABLATIONS)}; or "
+    p.add_argument("--models", nargs="+", default=list(ABLATIONS),
+                   choices=list(ABLATIONS) + list(DIAGNOSTIC_ABLATIONS) + [REFERENCE],
+                   metavar="MODEL", help=f"Table 3 configurations, of {', '.join(ABLATIONS)}; "
+                                         f"{' or '.join(DIAGNOSTIC_ABLATIONS)} (MARN without APGRU's "
+                                         f"candidate attention or its property term); or "
                                          f"{REFERENCE} (synthetic stream: BaseModel on the generator's "
                                          f"true item factors, the reachable ceiling, with each model's "
                                          f"share of the IDs-to-reference gap)")

@@ -18,7 +18,10 @@ ALL_MODALITIES: Tuple[str, ...] = (IDS, IMAGE, TITLE, STATISTIC)
 
 FUSIONS = ("sum", "maf")  # BaseModel+CONC sums projected modalities; MAF is eq. 2-3.
 ADVERSARIALS = ("none", "adv", "ddma")  # none, one plain discriminator [30], DDMA (3.3.2-3.3.3).
-SEQUENCES = ("gru", "apgru")  # BaseModel's GRU, or APGRU (3.4.1).
+# BaseModel's GRU (last state), or APGRU (3.4.1: property in the update gate, candidate attention
+# over the states). "pgru" (property, last state) and "agru" (attention, no property) are APGRU
+# with one of its two parts removed: diagnostics, not rows of the paper's Table 3.
+SEQUENCES = ("gru", "apgru", "pgru", "agru")
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,17 @@ class MARNConfig:
         if self.sequence not in SEQUENCES:
             raise ValueError(f"sequence must be one of {SEQUENCES}, got {self.sequence!r}")
 
+    @property
+    def behavior_property(self) -> bool:
+        """Whether the update gate sees the behaviour property ``p_t`` (APGRU's first part)."""
+        return self.sequence in ("apgru", "pgru")
+
+    @property
+    def candidate_attention(self) -> bool:
+        """Whether the user embedding is the candidate attention over the states (APGRU's second
+        part) rather than the last state."""
+        return self.sequence in ("apgru", "agru")
+
 
 def paper() -> MARNConfig:
     """Paper sizes (Taobao). Build it on the meta device and let DMP place the tables."""
@@ -228,6 +242,13 @@ ABLATIONS: Dict[str, Dict[str, object]] = {
     "MARN": dict(fusion="maf", adversarial="ddma", sequence="apgru"),
 }
 
+# Not rows of Table 3: MARN with one part of APGRU removed, to find which part a difference
+# between MARN and BaseModel+MAF+DDMA (the same model with a plain GRU) comes from.
+DIAGNOSTIC_ABLATIONS: Dict[str, Dict[str, object]] = {
+    "MARN-ATTENTION": dict(fusion="maf", adversarial="ddma", sequence="pgru"),
+    "MARN-PROPERTY": dict(fusion="maf", adversarial="ddma", sequence="agru"),
+}
+
 
 # Not a Table 3 row: the reachable ceiling on the synthetic stream (marn_rec.models.reference),
 # BaseModel's GRU and head over every modality's batch, its item tower replaced by a map of the
@@ -237,10 +258,12 @@ REFERENCE_ABLATION: Dict[str, object] = dict(fusion="sum", adversarial="none", s
 
 
 def ablation(name: str, base: MARNConfig) -> MARNConfig:
-    """The Table 3 configuration ``name`` (or :data:`REFERENCE`) at the sizes of ``base``."""
-    if name not in ABLATIONS and name != REFERENCE:
-        raise ValueError(f"unknown ablation {name!r}; known: {list(ABLATIONS) + [REFERENCE]}")
-    changes = dict(REFERENCE_ABLATION if name == REFERENCE else ABLATIONS[name])
+    """The Table 3 configuration ``name`` (or one of :data:`DIAGNOSTIC_ABLATIONS`, or
+    :data:`REFERENCE`) at the sizes of ``base``."""
+    known = {**ABLATIONS, **DIAGNOSTIC_ABLATIONS, REFERENCE: REFERENCE_ABLATION}
+    if name not in known:
+        raise ValueError(f"unknown ablation {name!r}; known: {list(known)}")
+    changes = dict(known[name])
     sequence = changes.pop("sequence")
     # Single-modality baselines need that modality in the data; the others keep the base's.
     wanted: Optional[Tuple[str, ...]] = changes.pop("modalities", None)  # type: ignore[assignment]

@@ -408,7 +408,7 @@ def validate_model_inputs(
         "history_index": history_index,
         "history_lengths": history_lengths,
     }
-    if config.sequence == "apgru":
+    if config.behavior_property:
         c = config.behavior
         rows = {BEHAVIOR_TYPE: c.num_behavior_types, BEHAVIOR_TIME: c.num_time_buckets}
         # An empty history still carries one placeholder behaviour (see marn_rec.batch).
@@ -453,7 +453,7 @@ def validate_batch(batch: "MARNBatch", config: MARNConfig) -> "MARNBatch":
         changes["item_sparse"] = select_features(batch.item_sparse, sparse_keys)
     if TITLE in tower.modalities and batch.item_title is not None:
         changes["item_title"] = select_features(batch.item_title, [TITLE_WORDS])
-    if config.sequence == "apgru":
+    if config.behavior_property:
         changes["history_property"] = select_features(
             batch.history_property, [BEHAVIOR_TYPE, BEHAVIOR_TIME]
         )

@@ -6,7 +6,7 @@ import torch
 import torchrec.fx
 
 from marn_rec import MARN, MARNTower, MARNTrain, ablation, tiny
-from marn_rec.config import ABLATIONS
+from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS
 from marn_rec.models.export import export_marn
 from marn_rec.modules.apgru import APGRU
 from marn_rec.testing import RandomCatalog, random_batch
@@ -71,7 +71,7 @@ def test_export_refuses_training_mode() -> None:
 
 
 def test_every_ablation_fx_traces() -> None:
-    for name in ABLATIONS:
+    for name in [*ABLATIONS, *DIAGNOSTIC_ABLATIONS]:
         config = ablation(name, tiny())
         torchrec.fx.symbolic_trace(MARNTrain(MARN(config)))
         torchrec.fx.symbolic_trace(MARNTower(config.tower))

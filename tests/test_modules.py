@@ -79,6 +79,38 @@ def test_ablations_build_only_what_they_use() -> None:
     marn = MARN(ablation("MARN", base))
     assert marn.attention is not None and marn.behavior.weight_ph is not None
     assert len(ABLATIONS) == 7
+    no_attention = MARN(ablation("MARN-ATTENTION", base))
+    assert no_attention.attention is None and no_attention.behavior.weight_ph is not None
+    no_property = MARN(ablation("MARN-PROPERTY", base))
+    assert no_property.attention is not None and no_property.property_embedding is None
+    assert no_property.behavior.weight_ph is None
+
+
+def test_diagnostic_sequences_are_the_two_parts_of_apgru() -> None:
+    """MARN-ATTENTION's logits are MARN's with the candidate attention replaced by the last state;
+    MARN-PROPERTY's are MARN's with the property term's weights at zero."""
+    torch.manual_seed(0)
+    base = tiny()
+    inputs = random_batch(base, batch_size=6).model_inputs()
+    for name in ("MARN-ATTENTION", "MARN-PROPERTY"):
+        marn = MARN(ablation("MARN", base)).eval()
+        variant = MARN(ablation(name, base)).eval()
+        missing, unexpected = variant.load_state_dict(marn.state_dict(), strict=False)
+        assert not missing and unexpected  # the variant holds a strict subset of MARN's weights
+        with torch.no_grad():
+            if name == "MARN-PROPERTY":
+                marn.behavior.weight_ph.zero_()
+            else:
+                marn.attention = _LastState()
+            torch.testing.assert_close(variant(**inputs).logits, marn(**inputs).logits)
+
+
+class _LastState(torch.nn.Module):
+    """The user embedding of a GRU without attention: each sample's last valid state."""
+
+    def forward(self, states: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+        last = states[torch.arange(states.shape[0]), (lengths - 1).clamp(min=0)]
+        return last * (lengths > 0).unsqueeze(1).to(last.dtype)
 
 
 def test_paper_preset_has_the_paper_sizes_on_meta() -> None:

@@ -90,7 +90,7 @@ def test_single_user_call_without_offsets(tiny_setup) -> None:
     assert (got - full_model_logits(model, catalog.features, **r)).abs().max() <= FP32_TOLERANCE
 
 
-@pytest.mark.parametrize("name", ["BaseModel+MAF+DDMA", "BaseModel+IDs"])
+@pytest.mark.parametrize("name", ["BaseModel+MAF+DDMA", "BaseModel+IDs", "MARN-ATTENTION", "MARN-PROPERTY"])
 def test_gru_baselines_equal_full_model(tmp_path: Path, name: str) -> None:
     model, catalog, store = _setup(tmp_path, ablation(name, tiny()))
     request = _request(model.config, [6, 2, 0], [3, 4, 2])

@@ -34,7 +34,8 @@ class MARN(nn.Module):
     The item tower (:class:`MARNTower`) runs once per unique item of the batch; candidates and
     behaviours gather their rows. Behaviours, padded to ``config.behavior.max_length`` steps, are
     integrated by APGRU with the property term and candidate attention (``sequence="apgru"``) or
-    by a plain GRU whose last state is the user embedding (``sequence="gru"``, BaseModel). The
+    by a plain GRU whose last state is the user embedding (``sequence="gru"``, BaseModel);
+    ``"pgru"`` and ``"agru"`` keep only the property term or only the attention (diagnostics). The
     prediction MLP scores ``[user, candidate]``.
 
     ``forward`` has no data-dependent Python control flow, so the model FX-traces (TorchRec's
@@ -67,9 +68,8 @@ class MARN(nn.Module):
         # MARN checks the tower's inputs itself (with its own), so the tower does not check twice.
         self.tower = MARNTower(config.tower, device=device, validate=False)
         rep_dim = self.tower.output_dim
-        use_apgru = config.sequence == "apgru"
         self.property_embedding: Optional[PropertyEmbedding] = (
-            PropertyEmbedding(config.behavior, device=device) if use_apgru else None
+            PropertyEmbedding(config.behavior, device=device) if config.behavior_property else None
         )
         self.behavior = APGRU(
             rep_dim,
@@ -80,7 +80,7 @@ class MARN(nn.Module):
         )
         self.attention: Optional[CandidateAttention] = (
             CandidateAttention(config.gru_hidden_dim, rep_dim, config.attention_mlp, device=device)
-            if use_apgru
+            if config.candidate_attention
             else None
         )
         self.over = nn.Sequential(

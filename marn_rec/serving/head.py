@@ -34,7 +34,7 @@ class ScoringHead(nn.Module):
     """APGRU once per user, candidate attention and the prediction MLP per candidate.
 
     Args:
-        config (MARNConfig): the trained model's configuration (``sequence`` "apgru" or "gru").
+        config (MARNConfig): the trained model's configuration (any ``sequence``).
         device (torch.device | None): parameter device.
 
     Weights start random; fill them with :meth:`load_marn_state` (from a MARN or a checkpoint,
@@ -53,21 +53,20 @@ class ScoringHead(nn.Module):
         d, h = config.tower.hidden_dim, config.gru_hidden_dim
         b = config.behavior
         self.rep_dim, self.hidden_dim, self.max_length = d, h, b.max_length
-        apgru = config.sequence == "apgru"
         self.type_table: Optional[nn.Parameter] = None
         self.time_table: Optional[nn.Parameter] = None
         property_dim = 0
-        if apgru:
+        if config.behavior_property:
             self.type_table = nn.Parameter(torch.randn(b.num_behavior_types, b.behavior_type_dim, device=device))
             self.time_table = nn.Parameter(torch.randn(b.num_time_buckets, b.time_dim, device=device))
             property_dim = b.behavior_type_dim + b.time_dim
         self.behavior = APGRU(d, h, property_dim, max_length=b.max_length, device=device)
-        sizes = [h + d, *config.attention_mlp] if apgru else []
+        sizes = [h + d, *config.attention_mlp] if config.candidate_attention else []
         self.attention_layers = nn.ModuleList(
             nn.Linear(i, o, device=device) for i, o in zip(sizes[:-1], sizes[1:])
         )
         self.attention_score: Optional[nn.Linear] = (
-            nn.Linear(sizes[-1], 1, bias=False, device=device) if apgru else None
+            nn.Linear(sizes[-1], 1, bias=False, device=device) if config.candidate_attention else None
         )
         over = [h + d, *config.prediction_mlp]
         self.over_layers = nn.ModuleList(nn.Linear(i, o, device=device) for i, o in zip(over[:-1], over[1:]))

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from torchrec.distributed.types import ShardingType
 
-from marn_rec.config import ABLATIONS, PRESETS, REFERENCE
+from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.checkpoint import RESUME_MODES
 from marn_rec.training.loop import DENSE_DTYPES, TrainConfig
@@ -155,9 +155,11 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
     d = defaults if defaults is not None else TrainConfig()
     p = CheckedArgumentParser(description=description)
     p.add_argument("--preset", default=d.preset, choices=list(PRESETS), help="model sizes")
-    p.add_argument("--model", default=d.model, choices=list(ABLATIONS) + [REFERENCE],
-                   help=f"Table 3 configuration, or {REFERENCE} (synthetic stream only: the ceiling, "
-                        f"BaseModel on the generator's true item factors)")
+    p.add_argument("--model", default=d.model,
+                   choices=list(ABLATIONS) + list(DIAGNOSTIC_ABLATIONS) + [REFERENCE],
+                   help=f"Table 3 configuration; {' or '.join(DIAGNOSTIC_ABLATIONS)} (MARN without APGRU's "
+                        f"candidate attention or its property term); or {REFERENCE} (synthetic stream "
+                        f"only: the ceiling, BaseModel on the generator's true item factors)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the data stream and the initial weights")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per rank and step")
     p.add_argument("--steps", type=int, default=d.steps, help="training steps (every rank takes each)")

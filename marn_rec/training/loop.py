@@ -64,7 +64,8 @@ class TrainConfig:
 
     Args:
         preset: model sizes, a key of :data:`marn_rec.config.PRESETS`.
-        model: a Table 3 configuration (:data:`marn_rec.config.ABLATIONS`), or
+        model: a Table 3 configuration (:data:`marn_rec.config.ABLATIONS`), a diagnostic one
+            (:data:`marn_rec.config.DIAGNOSTIC_ABLATIONS`), or
             :data:`marn_rec.config.REFERENCE` (synthetic stream: the true-factor ceiling).
         seed: seed of the data stream and the initial weights.
         batch_size: samples per rank and step.
