@@ -7,6 +7,9 @@
     # Figure 6(b): AUC against lambda0 (one training run per value)
     python examples/paper_figures.py fig6b --out-dir runs/lambda_sweep --steps 800 \\
         --lambdas 0.01 0.05 0.2 1.8
+    # Where APGRU's candidate attention looks (not a paper figure), checkpoints of prepared data
+    python examples/paper_figures.py attention --data data/ml-100k/prepared \
+        --checkpoint MARN=runs/ablation_movielens/MARN_seed1 --out attention.png
     # Table 3 beside the reference on the true item factors, Tables 4 and 5 as the paper measures them
     python examples/paper_figures.py ceiling --out-dir runs/ceiling --steps 800 \\
         --models BaseModel+IDs BaseModel+CONC MARN
@@ -63,6 +66,13 @@ def parser() -> CheckedArgumentParser:
     f4.add_argument("--seed", type=int, default=0, help="seed of the item draw")
     f4.add_argument("--by", default="category", choices=("category", "image_quality"),
                     help="rows: category groups (the paper's), or items by image quality")
+    att = sub.add_parser("attention", help="APGRU's candidate attention by distance from the latest "
+                         "behaviour, of checkpoints trained on a prepared directory")
+    att.add_argument("--data", required=True, help="the prepared directory the checkpoints trained on")
+    att.add_argument("--checkpoint", required=True, nargs="+", metavar="LABEL=PATH",
+                     help="checkpoints (training OUT_DIRs or checkpoint directories), each labelled")
+    att.add_argument("--split", default="test", help="the split to read")
+    att.add_argument("--out", required=True, help="PNG to write (and the numbers beside it, .json)")
     f6a = sub.add_parser("fig6a", help="adversarial loss over training")
     f6a.add_argument("--metrics", required=True, help="a run's metrics.jsonl")
     f6a.add_argument("--out", required=True, help="PNG to write (and the curves beside it, .json)")
@@ -91,6 +101,23 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         figures.plot_attention_heatmap(result, a.out)
         with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
             json.dump(result, f, indent=1)
+        print(f"written: {a.out}, {os.path.splitext(a.out)[0] + '.json'}")
+        return
+    if a.figure == "attention":
+        from marn_rec.training.attention_profile import attention_profile_from_checkpoint, plot_attention_profile
+
+        labelled = [c.partition("=") for c in a.checkpoint]
+        bad = [c for c, sep, path in labelled if not sep or not c or not path]
+        if bad:
+            p.error(f"--checkpoint: expected LABEL=PATH, got {bad[0]!r}")
+        profiles = {label: attention_profile_from_checkpoint(path, a.data, a.split)
+                    for label, _, path in labelled}
+        plot_attention_profile(profiles, a.out)
+        with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
+            json.dump(profiles, f, indent=1)
+        for label, r in profiles.items():
+            print(f"{label}: latest behaviour {r['latest_weight']:.3f} (uniform {r['uniform_latest_weight']:.3f}), "
+                  f"normalised entropy {r['entropy']:.3f}, {r['samples']} samples")
         print(f"written: {a.out}, {os.path.splitext(a.out)[0] + '.json'}")
         return
     if a.figure == "fig6a":

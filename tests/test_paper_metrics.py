@@ -421,3 +421,52 @@ def test_every_rank_evaluates_as_many_batches(eval_batches, cold_sets) -> None:
             curve.add(sum(1 for _ in data.curve_eval_batches()))
             final.add(sum(1 for _ in data.eval_batches()))
         assert curve == {eval_batches // world} and final == {(eval_batches + cold_sets) // world}, world
+
+
+# ---- APGRU's candidate attention profile ----
+
+
+def test_attention_profile_matches_a_brute_force_over_the_weights() -> None:
+    from marn_rec.testing import random_batch
+    from marn_rec.training.attention_profile import attention_profile
+
+    torch.manual_seed(3)
+    config = tiny()
+    model = MARN(config).eval()
+    batches = [random_batch(config, 8, seed=s, min_length=0) for s in range(3)]
+    profile = attention_profile(model, batches, distances=4)
+    seen = []
+    for batch in batches:
+        captured = {}
+        handle = model.attention.register_forward_hook(lambda m, a, o: captured.update(args=a))
+        with torch.no_grad():
+            model(**batch.model_inputs())
+        handle.remove()
+        states, lengths, candidate = captured["args"]
+        for i in range(len(lengths)):
+            n = int(lengths[i])
+            if n < 2:
+                continue
+            # the weights by hand: the attention MLP's scores of [h_t, candidate], softmax over t < n
+            pairs = torch.cat([states[i, :n], candidate[i].expand(n, -1)], dim=1)
+            with torch.no_grad():
+                a = torch.softmax(model.attention.score(model.attention.mlp(pairs)).squeeze(1), 0).double()
+            seen.append((n, a))
+    assert profile["samples"] == len(seen) > 0
+    assert profile["latest_weight"] == pytest.approx(sum(float(a[-1]) for _, a in seen) / len(seen), abs=1e-6)
+    entropy = sum(float(-(a * a.log()).sum() / math.log(n)) for n, a in seen) / len(seen)
+    assert profile["entropy"] == pytest.approx(entropy, abs=1e-6)
+    for d in range(4):
+        at = [float(a[-1 - d]) for n, a in seen if n > d]
+        assert profile["samples_by_distance"][d] == len(at)
+        assert profile["weight_by_distance"][d] == pytest.approx(sum(at) / len(at), abs=1e-6)
+    assert profile["uniform_latest_weight"] == pytest.approx(sum(1 / n for n, _ in seen) / len(seen))
+
+
+def test_attention_profile_refuses_a_model_without_attention() -> None:
+    from marn_rec.testing import random_batch
+    from marn_rec.training.attention_profile import attention_profile
+
+    model = MARN(ablation("MARN-ATTENTION", tiny()))
+    with pytest.raises(ValueError, match="no candidate attention"):
+        attention_profile(model, [random_batch(tiny(), 4)])

@@ -55,6 +55,14 @@ class CandidateAttention(nn.Module):
         Returns:
             torch.Tensor: [B, state_dim] user embeddings ``u_candidate``.
         """
+        weights = self.weights(states, lengths, candidate)
+        return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
+
+    def weights(
+        self, states: torch.Tensor, lengths: torch.Tensor, candidate: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, T] normalised attention weights ``a_t`` (zero after each length; arguments as in
+        :meth:`forward`)."""
         b, t, _ = states.shape
         pairs = torch.cat([states, candidate.unsqueeze(1).expand(b, t, -1)], dim=2)
         scores = self.score(self.mlp(pairs)).squeeze(2)
@@ -62,5 +70,4 @@ class CandidateAttention(nn.Module):
         # A finite fill (not -inf) keeps rows without any valid step free of NaN gradients; a
         # constant (not finfo(dtype).min) keeps the module traceable, and -6e4 is finite in fp16.
         scores = scores.masked_fill(~valid, _MASKED_SCORE)
-        weights = torch.softmax(scores, dim=1).masked_fill(~valid, 0.0)
-        return torch.bmm(weights.unsqueeze(1), states).squeeze(1)
+        return torch.softmax(scores, dim=1).masked_fill(~valid, 0.0)
