@@ -7,8 +7,8 @@
     # Figure 6(b): AUC against lambda0 (one training run per value)
     python examples/paper_figures.py fig6b --out-dir runs/lambda_sweep --steps 800 \\
         --lambdas 0.01 0.05 0.2 1.8
-    # Where APGRU's candidate attention looks (not a paper figure), checkpoints of prepared data
-    python examples/paper_figures.py attention --data data/ml-100k/prepared \
+    # Where APGRU's candidate attention looks (not a paper figure); --data for prepared data
+    python examples/paper_figures.py attention --data data/ml-100k/prepared \\
         --checkpoint MARN=runs/ablation_movielens/MARN_seed1 --out attention.png
     # Table 3 beside the reference on the true item factors, Tables 4 and 5 as the paper measures them
     python examples/paper_figures.py ceiling --out-dir runs/ceiling --steps 800 \\
@@ -67,11 +67,12 @@ def parser() -> CheckedArgumentParser:
     f4.add_argument("--by", default="category", choices=("category", "image_quality"),
                     help="rows: category groups (the paper's), or items by image quality")
     att = sub.add_parser("attention", help="APGRU's candidate attention by distance from the latest "
-                         "behaviour, of checkpoints trained on a prepared directory")
-    att.add_argument("--data", required=True, help="the prepared directory the checkpoints trained on")
+                         "behaviour, of checkpoints")
+    att.add_argument("--data", default=None, help="the prepared directory the checkpoints trained on "
+                     "(default: the synthetic stream of their meta.json, its evaluation batches)")
     att.add_argument("--checkpoint", required=True, nargs="+", metavar="LABEL=PATH",
                      help="checkpoints (training OUT_DIRs or checkpoint directories), each labelled")
-    att.add_argument("--split", default="test", help="the split to read")
+    att.add_argument("--split", default="test", help="with --data: the split to read")
     att.add_argument("--out", required=True, help="PNG to write (and the numbers beside it, .json)")
     f6a = sub.add_parser("fig6a", help="adversarial loss over training")
     f6a.add_argument("--metrics", required=True, help="a run's metrics.jsonl")

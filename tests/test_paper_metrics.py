@@ -470,3 +470,17 @@ def test_attention_profile_refuses_a_model_without_attention() -> None:
     model = MARN(ablation("MARN-ATTENTION", tiny()))
     with pytest.raises(ValueError, match="no candidate attention"):
         attention_profile(model, [random_batch(tiny(), 4)])
+
+
+def test_attention_profile_of_a_synthetic_checkpoint_reads_its_evaluation_batches(tmp_path) -> None:
+    from marn_rec.training.attention_profile import attention_profile_from_checkpoint, plot_attention_profile
+    from marn_rec.training.loop import TrainConfig, train
+
+    cfg = TrainConfig(preset="tiny", model="MARN-PROPERTY", steps=2, batch_size=16, eval_batches=2,
+                      out_dir=str(tmp_path / "run"), progress=False, resume="never")
+    train(cfg)
+    profile = attention_profile_from_checkpoint(str(tmp_path / "run"))
+    assert profile["step"] == 2 and profile["sequence"] == "agru" and profile["samples"] > 0
+    assert 0.0 < profile["entropy"] <= 1.0 + 1e-9
+    plot_attention_profile({"MARN-PROPERTY": profile}, str(tmp_path / "a.png"))
+    assert (tmp_path / "a.png").stat().st_size > 0

@@ -92,19 +92,30 @@ def attention_profile(
 
 
 def attention_profile_from_checkpoint(
-    path: str, data_dir: str, split: str = "test", batch_size: int = 256,
+    path: str, data_dir: Optional[str] = None, split: str = "test", batch_size: int = 256,
     distances: int = DISTANCES, verify: bool = True,
 ) -> Dict[str, Any]:
-    """:func:`attention_profile` of a checkpoint trained on a prepared directory, over its
-    ``split``; adds ``"checkpoint"``, ``"step"`` and ``"model"`` (the configuration's sequence)."""
-    from marn_rec.data.prepared import PreparedBatchDataset, PreparedDataset
+    """:func:`attention_profile` of a checkpoint, over ``split`` of the prepared directory
+    ``data_dir`` it trained on, or (``data_dir`` None) over the ordinary evaluation batches of
+    the synthetic stream its ``meta.json`` describes; adds ``"checkpoint"``, ``"step"`` and
+    ``"sequence"``."""
     from marn_rec.serving.weights import CheckpointInfo, load_marn
 
     info = CheckpointInfo(path, verify=verify)
     model = load_marn(info)
-    data = PreparedDataset(data_dir)
-    batches = PreparedBatchDataset(data, split, batch_size=batch_size)
-    out = attention_profile(model, (batches[i] for i in range(len(batches))), distances)
+    batches: Iterable[MARNBatch]
+    if data_dir is None:
+        from marn_rec.data.synthetic import SyntheticTaobao
+        from marn_rec.serving.sources import synthetic_config_from_meta
+
+        stream = SyntheticTaobao(synthetic_config_from_meta(info.meta["data"]))
+        batches = (stream.batch("eval", i) for i in range(stream.config.num_eval_batches))
+    else:
+        from marn_rec.data.prepared import PreparedBatchDataset, PreparedDataset
+
+        prepared = PreparedBatchDataset(PreparedDataset(data_dir), split, batch_size=batch_size)
+        batches = (prepared[i] for i in range(len(prepared)))
+    out = attention_profile(model, batches, distances)
     out.update({"checkpoint": info.path, "step": info.step, "sequence": info.config.sequence})
     return out
 
