@@ -353,3 +353,15 @@ def test_synthetic_overrides_are_typed_and_reach_the_stream() -> None:
                 ["missing_image_prob=0.1", "missing_image_prob=0.2"]):
         with pytest.raises(ValueError, match="--synthetic"):
             synthetic_overrides(bad)
+
+
+def test_summary_means_cover_every_seed_or_none() -> None:
+    """A metric some runs lack (e.g. warm_auc, added after they ran) gets no mean rather than a mean
+    over fewer seeds than its neighbours."""
+    from marn_rec.training.ablation.statistics import summarize
+
+    rows = summarize([
+        {"model": "MARN", "seed": 1, "auc": 0.70, "warm_auc": 0.80},
+        {"model": "MARN", "seed": 2, "auc": 0.72},
+    ])
+    assert rows[0]["auc"] == pytest.approx(0.71) and "warm_auc" not in rows[0]

@@ -31,7 +31,7 @@ def _has_bayes(rows: List[Dict[str, Any]]) -> bool:
 
 def markdown_table(rows: List[Dict[str, Any]]) -> str:
     """Mean ± sample std per configuration; the Bayes-optimal row where the data knows the truth."""
-    head = ["model", "AUC", "per-user AUC", "cold-item AUC"]
+    head = ["model"] + [NAMES[m] for m in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [r["model"]] + [

@@ -19,8 +19,9 @@ import math
 import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-METRICS = ("auc", "user_auc", "cold_auc")
-NAMES = {"auc": "AUC", "user_auc": "per-user AUC", "cold_auc": "cold-candidate AUC"}  # of METRICS, for tables
+METRICS = ("auc", "user_auc", "cold_auc", "warm_auc")
+NAMES = {"auc": "AUC", "user_auc": "per-user AUC", "cold_auc": "cold-candidate AUC",
+         "warm_auc": "warm-candidate AUC"}  # of METRICS, for tables
 CONFIDENCE = 0.95
 
 
@@ -139,7 +140,8 @@ def summarize(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         row: Dict[str, Any] = {"model": model, "seeds": [r["seed"] for r in rs]}
         for m in METRICS + tuple(f"bayes_{m}" for m in METRICS):
             vals = [r[m] for r in rs if m in r]
-            if vals:
+            # Only over every seed: a mean over some of them would sit beside means over all.
+            if vals and len(vals) == len(rs):
                 row[m] = statistics.fmean(vals)
                 row[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         rows.append(row)
