@@ -29,6 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from marn_rec.data.columns import (
+    first_duplicate,
+    first_non_finite,
+    first_null,
+    first_null_element,
+    first_true,
+)
+
 ITEMS_FILE = "items.parquet"
 INTERACTIONS_FILE = "interactions.parquet"
 IMAGE_VECTORS_FILE = "image_vectors.npy"
@@ -184,52 +192,6 @@ class RawDataset:
         return self.image_shape is not None
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers locating the first offending row of a column chunk.
-
-
-def _first_true(mask: Any) -> Optional[int]:
-    """Index of the first true value of a boolean (chunked) array (nulls count as false), else None."""
-    if isinstance(mask, pa.ChunkedArray):
-        mask = mask.combine_chunks()
-    m = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-    if not m.any():
-        return None
-    return int(np.argmax(m))
-
-
-def _first_null(values: pa.Array) -> Optional[int]:
-    if values.null_count == 0:
-        return None
-    return _first_true(pc.is_null(values))
-
-
-def _first_non_finite(values: pa.Array) -> Optional[int]:
-    # is_finite is null for nulls (missing, allowed) and false for NaN / +-inf.
-    return _first_true(pc.invert(pc.is_finite(values)))
-
-
-def _first_null_element(values: pa.Array) -> Optional[int]:
-    """Row of the first list holding a null element (a null list itself is allowed)."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    flat = pc.list_flatten(values)
-    if flat.null_count == 0:
-        return None
-    rows = pc.list_parent_indices(values)
-    return int(rows[_first_true(pc.is_null(flat))].as_py())
-
-
-def _first_duplicate(values: pa.Array) -> Optional[Tuple[int, Any]]:
-    if pc.count_distinct(values).as_py() == len(values):
-        return None
-    seen = set()
-    for i, v in enumerate(values.to_pylist()):  # only on the error path
-        if v in seen:
-            return i, v
-        seen.add(v)
-    return None
-
-
 def _type_error(path: str, column: str, t: pa.DataType, allowed: str) -> DataError:
     return DataError(path, f"type {t} not allowed: {allowed}", column=column)
 
@@ -316,17 +278,17 @@ def _check_items(path: str, root: str) -> Tuple[pa.Array, Dict[str, Any]]:
     if table.num_rows == 0:
         raise DataError(path, "no items")
     ids = table.column(ITEM_ID).combine_chunks()
-    if (r := _first_null(ids)) is not None:
+    if (r := first_null(ids)) is not None:
         raise DataError(path, "null item_id", column=ITEM_ID, row=r)
-    if (dup := _first_duplicate(ids)) is not None:
+    if (dup := first_duplicate(ids)) is not None:
         raise DataError(path, f"duplicate item_id {dup[1]!r}", column=ITEM_ID, row=dup[0])
     for name in statistics:
-        if (r := _first_non_finite(table.column(name))) is not None:
+        if (r := first_non_finite(table.column(name))) is not None:
             raise DataError(path, "NaN or inf (use null for a missing value)", column=name, row=r)
     for feature in id_features:
-        if feature.multi_valued and (r := _first_null_element(table.column(feature.name))) is not None:
+        if feature.multi_valued and (r := first_null_element(table.column(feature.name))) is not None:
             raise DataError(path, "null inside a list (a null list is allowed)", column=feature.name, row=r)
-    if title_column == TITLE_TOKENS and (r := _first_null_element(table.column(TITLE_TOKENS))) is not None:
+    if title_column == TITLE_TOKENS and (r := first_null_element(table.column(TITLE_TOKENS))) is not None:
         raise DataError(path, "null inside a list (a null list is allowed)", column=TITLE_TOKENS, row=r)
 
     image_path = os.path.join(root, IMAGE_VECTORS_FILE)
@@ -337,7 +299,7 @@ def _check_items(path: str, root: str) -> Tuple[pa.Array, Dict[str, Any]]:
         image_shape = _check_image_vectors(image_path)
         rows = table.column(IMAGE_ROW)
         out_of_range = pc.or_(pc.less(rows, 0), pc.greater_equal(rows, image_shape[0]))
-        if (r := _first_true(out_of_range)) is not None:
+        if (r := first_true(out_of_range)) is not None:
             raise DataError(
                 path,
                 f"image_row {table.column(IMAGE_ROW)[r].as_py()} outside image_vectors.npy's "
@@ -424,10 +386,10 @@ def _check_interactions(
     for start, batch in iter_interaction_batches(path, columns, batch_rows):
         n += batch.num_rows
         for name in REQUIRED_INTERACTION_COLUMNS:
-            if (r := _first_null(batch.column(name))) is not None:
+            if (r := first_null(batch.column(name))) is not None:
                 raise DataError(path, f"null {name}", column=name, row=start + r)
         ts = batch.column(TIMESTAMP)
-        if (r := _first_true(pc.greater(ts, MAX_TIMESTAMP_SECONDS))) is not None:
+        if (r := first_true(pc.greater(ts, MAX_TIMESTAMP_SECONDS))) is not None:
             raise DataError(
                 path,
                 f"timestamp {ts[r].as_py()} is past the year 5000: unix seconds expected (milliseconds?)",
@@ -438,19 +400,19 @@ def _check_interactions(
             mm = pc.min_max(ts)
             t_min, t_max = min(t_min, mm["min"].as_py()), max(t_max, mm["max"].as_py())
         if RATING in info["interaction_columns"]:
-            if (r := _first_non_finite(batch.column(RATING))) is not None:
+            if (r := first_non_finite(batch.column(RATING))) is not None:
                 raise DataError(
                     path, "NaN or inf (use null for a missing rating)", column=RATING, row=start + r
                 )
         if LABEL in info["interaction_columns"]:
             label = batch.column(LABEL)
             bad = pc.invert(pc.is_in(label, value_set=pa.array([0.0, 1.0], label.type)))
-            if (r := _first_true(pc.or_kleene(bad, pc.is_null(label)))) is not None:
+            if (r := first_true(pc.or_kleene(bad, pc.is_null(label)))) is not None:
                 raise DataError(
                     path, f"label {label[r].as_py()!r}: 0 or 1 expected", column=LABEL, row=start + r
                 )
         missing = pc.invert(pc.is_in(batch.column(ITEM_ID), value_set=item_ids))
-        if (r := _first_true(missing)) is not None:
+        if (r := first_true(missing)) is not None:
             if unknown_items == "error":
                 raise DataError(
                     path,
