@@ -29,6 +29,7 @@ from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.ablation import (
     applicable_models,
+    merge_results,
     read_results,
     read_skipped,
     run_study,
@@ -86,6 +87,10 @@ def parser() -> CheckedArgumentParser:
                    help="AdaGrad learning rate of every run (paper section 4.1: 0.1)")
     p.add_argument("--dense-initial-accumulator", type=float, default=TrainConfig.dense_initial_accumulator,
                    help="the dense AdaGrad's initial accumulator of every run (TensorFlow's default)")
+    p.add_argument("--attention-initial-accumulator", type=float,
+                   default=TrainConfig.attention_initial_accumulator,
+                   help="the same for APGRU's candidate attention of every run (default 0: plain "
+                        "AdaGrad)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one process each)")
     p.add_argument("--out-dir", default="runs/ablation", help="every run's directory and the report")
     p.add_argument("--merge", nargs="+", default=[], metavar="STUDY_DIR",
@@ -127,6 +132,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--lr must be a number > 0, got {a.learning_rate}")
     if not (math.isfinite(a.dense_initial_accumulator) and a.dense_initial_accumulator >= 0):
         p.error(f"--dense-initial-accumulator must be a finite number >= 0, got {a.dense_initial_accumulator}")
+    att = a.attention_initial_accumulator
+    if att is not None and not (math.isfinite(att) and att >= 0):
+        p.error(f"--attention-initial-accumulator must be a finite number >= 0, got {att}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
     if a.synthetic and a.data_dir:
@@ -164,7 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            eval_every=eval_every, eval_batches=a.eval_batches,
                            learning_rate=a.learning_rate, out_dir=a.out_dir, data_dir=data_dir,
                            data_overrides=overrides, recall_at=TABLE5_RECALL_AT,
-                           table_dtype=a.table_dtype, dense_initial_accumulator=a.dense_initial_accumulator)
+                           table_dtype=a.table_dtype, dense_initial_accumulator=a.dense_initial_accumulator,
+                           attention_initial_accumulator=a.attention_initial_accumulator)
         try:
             models, skipped = applicable_models(base, a.models)
             if not a.data_dir:
@@ -182,10 +191,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         results, earlier = read_results(a.out_dir)
         command = earlier or command
         skipped = read_skipped(a.out_dir)
-        results = _named(results, a.out_dir)
+        studies = [(a.out_dir, _named(results, a.out_dir))]
         for d in a.merge:
-            results += _named(read_results(d)[0], d)
+            studies.append((d, _named(read_results(d)[0], d)))
             command += f" + {read_results(d)[1] or d}"
+        try:
+            results = merge_results(studies)
+        except ValueError as e:
+            p.error(f"--merge: {e}")
     else:
         results = run_study(base, a.seeds, models, a.jobs, without_suffix(a.drop_modalities))
     title = None  # the synthetic stream's

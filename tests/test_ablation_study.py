@@ -365,3 +365,31 @@ def test_summary_means_cover_every_seed_or_none() -> None:
         {"model": "MARN", "seed": 2, "auc": 0.72},
     ])
     assert rows[0]["auc"] == pytest.approx(0.71) and "warm_auc" not in rows[0]
+
+
+def test_merging_a_study_again_does_not_count_its_runs_twice(tmp_path: Path) -> None:
+    """--report-only --merge writes the merged runs into the study's results.jsonl; merging the same
+    source again must not repeat them (the means would weight those seeds twice). The same model
+    and seed with two different results is refused, naming both studies."""
+    from marn_rec.training.ablation import merge_results
+
+    runs = _results()
+    ids = [r for r in runs if r["model"] == "BaseModel+IDs"]
+    marn = [r for r in runs if r["model"] == "MARN"]
+    assert merge_results([("a", ids), ("b", marn), ("a again", ids)]) == ids + marn
+    changed = [dict(marn[0], auc=0.9)]
+    with pytest.raises(ValueError, match=r"MARN seed 1 ran twice .* in b and 0.9 in c"):
+        merge_results([("b", marn), ("c", changed)])
+
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_report(ids, str(a), "python examples/ablation_study.py --models BaseModel+IDs")
+    write_report(marn, str(b), "python examples/ablation_study.py --models MARN")
+    write_report(changed, str(c), "python examples/ablation_study.py --models MARN")
+    script = [sys.executable, str(REPO / "examples" / "ablation_study.py"), "--report-only", "--out-dir", str(b)]
+    for _ in range(2):
+        proc = subprocess.run(script + ["--merge", str(a)], capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted((r["model"], r["seed"]) for r in read_results(str(b))[0]) == [
+            ("BaseModel+IDs", 1), ("BaseModel+IDs", 2), ("MARN", 1), ("MARN", 2)]
+    proc = subprocess.run(script + ["--merge", str(c)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "MARN seed 1 ran twice" in proc.stderr

@@ -357,6 +357,31 @@ def read_results(out_dir: str) -> Tuple[List[Dict[str, Any]], str]:
     return results, command
 
 
+def merge_results(studies: Sequence[Tuple[str, List[Dict[str, Any]]]]) -> List[Dict[str, Any]]:
+    """The runs of several studies ``(name, runs)``, in order, each (model, seed) once.
+
+    A study's results.jsonl holds what it merged when it was reported, so merging it again with
+    the same sources repeats runs: a repeat with the same AUC is dropped. Two runs of one model and
+    seed with different AUCs are two different experiments (another code version, another
+    setting) and raise ``ValueError`` naming both studies, rather than be averaged together.
+    """
+    out: List[Dict[str, Any]] = []
+    seen: Dict[Tuple[str, int], Tuple[str, Dict[str, Any]]] = {}
+    for name, runs in studies:
+        for r in runs:
+            key = (r["model"], r["seed"])
+            if key in seen:
+                first, earlier = seen[key]
+                if earlier.get("auc") != r.get("auc"):
+                    raise ValueError(
+                        f"{r['model']} seed {r['seed']} ran twice with different results: AUC "
+                        f"{earlier.get('auc')} in {first} and {r.get('auc')} in {name}; merge only one")
+                continue
+            seen[key] = (name, r)
+            out.append(r)
+    return out
+
+
 def read_skipped(out_dir: str) -> Optional[Dict[str, str]]:
     """The configurations an earlier study skipped, with their reasons (None if not recorded)."""
     path = os.path.join(out_dir, SKIPPED_FILE)
