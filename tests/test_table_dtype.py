@@ -109,3 +109,50 @@ def test_dense_initial_accumulator_reaches_adagrad_and_the_checked_meta() -> Non
         assert sums and all(torch.all(s == expected) for s in sums)
     cfg = TrainConfig(preset="tiny", dense_initial_accumulator=1e-3)
     assert run_meta(cfg, cfg.model_config(), {})["train"]["dense_initial_accumulator"] == 1e-3
+
+
+def test_attention_initial_accumulator_sets_only_the_candidate_attention_sums(tmp_path: Path) -> None:
+    """--attention-initial-accumulator (default 0) starts APGRU's candidate attention at its own
+    AdaGrad sums and every other dense parameter at the dense value; the optimizer keeps one group (its state
+    loads into an optimizer built with the other setting); the meta records the value."""
+    from marn_rec.training.sharding import candidate_attention_parameters, training_optimizer
+
+    model = MARNTrain(MARN(tiny()))
+    attention = {id(p) for p in candidate_attention_parameters(model)}
+    assert attention == {id(p) for p in model.model.attention.parameters()} and attention
+    opt = training_optimizer(model, initial_accumulator_value=0.1, attention_initial_accumulator=0.0)
+    sums = {id(p): s["sum"] for p, s in opt.state.items() if "sum" in s}
+    assert attention <= set(sums) and len(sums) > len(attention)
+    for key, s in sums.items():
+        assert torch.all(s == (0.0 if key in attention else 0.1))
+
+    # A plain AdaGrad step from those sums: the attention's first step is lr * sign(g) whatever
+    # the gradient's scale; the rest take lr * g / sqrt(0.1 + g^2).
+    loss, _ = model(random_batch(tiny(), batch_size=8))
+    loss.backward()
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    grads = {id(p): p.grad.clone() for p in model.parameters() if p.grad is not None}
+    opt.step()
+    for p in model.parameters():
+        g = grads.get(id(p))
+        if g is None or id(p) not in sums:
+            continue
+        init = 0.0 if id(p) in attention else 0.1
+        expected = before[id(p)] - 0.1 * g / ((init + g * g).sqrt() + 1e-10)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+    other = training_optimizer(model, attention_initial_accumulator=None)  # all at 0.1
+    other.load_state_dict(opt.state_dict())
+    for p, s in other.state.items():
+        if "sum" in s:
+            torch.testing.assert_close(s["sum"], opt.state[p]["sum"])
+
+    cfg = TrainConfig(preset="tiny", attention_initial_accumulator=0.0)
+    assert run_meta(cfg, cfg.model_config(), {})["train"]["attention_initial_accumulator"] == 0.0
+    with pytest.raises(ValueError, match="attention_initial_accumulator"):
+        TrainConfig(preset="tiny", attention_initial_accumulator=-1.0)
+    args = ["--out-dir", str(tmp_path), "--attention-initial-accumulator"]
+    assert parse_train_args(args + ["0"]).attention_initial_accumulator == 0.0
+    assert parse_train_args(args[:2]).attention_initial_accumulator == 0.0 == TrainConfig().attention_initial_accumulator
+    with pytest.raises(SystemExit):
+        parse_train_args(args + ["nan"])

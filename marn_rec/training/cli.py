@@ -203,6 +203,9 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
                    help="the dense AdaGrad's initial accumulator (TensorFlow's default; until a "
                         "parameter's summed squared gradients reach it, AdaGrad is SGD at "
                         "lr / sqrt(value))")
+    p.add_argument("--attention-initial-accumulator", type=float, default=d.attention_initial_accumulator,
+                   help="the same for APGRU's candidate attention alone (default 0: plain "
+                        "AdaGrad, whose step does not depend on the gradient's scale)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="run the item tower once per slot instead of once per unique item")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
@@ -238,6 +241,9 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
         return f"--lr must be a finite number > 0, got {a.learning_rate}"
     if not (_is_finite(a.dense_initial_accumulator) and a.dense_initial_accumulator >= 0):
         return f"--dense-initial-accumulator must be a finite number >= 0, got {a.dense_initial_accumulator}"
+    att = a.attention_initial_accumulator
+    if att is not None and not (_is_finite(att) and att >= 0):
+        return f"--attention-initial-accumulator must be a finite number >= 0, got {att}"
     if a.lambda0 is not None and not (_is_finite(a.lambda0) and a.lambda0 >= 0):
         return f"--lambda0 must be a finite number >= 0 (paper: 0.05), got {a.lambda0}"
     if a.gamma is not None and not (_is_finite(a.gamma) and a.gamma >= 0):

@@ -39,6 +39,7 @@ from marn_rec.features import TABLE_DTYPES
 from marn_rec.data import SyntheticTaobaoConfig
 from marn_rec.training.sharding import (
     ADAGRAD_INITIAL_ACCUMULATOR,
+    ATTENTION_INITIAL_ACCUMULATOR,
     apply_embedding_optimizer,
     plan_summary,
     shard_model,
@@ -107,6 +108,11 @@ class TrainConfig:
         dense_initial_accumulator: the dense AdaGrad's initial accumulator (TensorFlow's 0.1 by
             default, :data:`marn_rec.training.sharding.ADAGRAD_INITIAL_ACCUMULATOR`): until a
             parameter's summed squared gradients reach it, AdaGrad is SGD at lr / sqrt(it).
+        attention_initial_accumulator: the same for APGRU's candidate attention alone (0 by
+            default, :data:`marn_rec.training.sharding.ATTENTION_INITIAL_ACCUMULATOR`: plain
+            AdaGrad, whose step does not depend on the gradient's scale); None: as the other dense
+            parameters. Checkpoints from before the field (which ran as None) are accepted at the
+            default and resume exactly: the optimizer's sums come from the checkpoint.
     """
 
     preset: str = "small"
@@ -135,6 +141,7 @@ class TrainConfig:
     dense_dtype: str = "fp32"
     fused_optimizer: bool = False
     dense_initial_accumulator: float = ADAGRAD_INITIAL_ACCUMULATOR
+    attention_initial_accumulator: Optional[float] = ATTENTION_INITIAL_ACCUMULATOR
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -151,6 +158,9 @@ class TrainConfig:
         if not (math.isfinite(self.dense_initial_accumulator) and self.dense_initial_accumulator >= 0):
             raise ValueError(f"dense_initial_accumulator must be a finite number >= 0, got "
                              f"{self.dense_initial_accumulator}")
+        a = self.attention_initial_accumulator
+        if a is not None and not (math.isfinite(a) and a >= 0):
+            raise ValueError(f"attention_initial_accumulator must be None or a finite number >= 0, got {a}")
         if self.model == REFERENCE and self.data_dir:
             raise ValueError(f"model {REFERENCE!r} maps the synthetic generator's true item factors: "
                              f"it cannot train on data_dir {self.data_dir!r}")
@@ -296,7 +306,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
     optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer,
-                                   initial_accumulator_value=cfg.dense_initial_accumulator)
+                                   initial_accumulator_value=cfg.dense_initial_accumulator,
+                                   attention_initial_accumulator=cfg.attention_initial_accumulator)
     forward_in = lambda: forward_context(device, cfg.dense_dtype)  # noqa: E731
     forward_in()  # refuses bf16 without native support, before anything is trained
     if rank == 0:
