@@ -139,8 +139,9 @@ def training_optimizer(
     ``initial_accumulator_value``: the dense AdaGrad's (default :data:`ADAGRAD_INITIAL_ACCUMULATOR`).
     ``attention_initial_accumulator``: the same for the parameters of every
     :class:`~marn_rec.modules.candidate_attention.CandidateAttention` (default
-    :data:`ATTENTION_INITIAL_ACCUMULATOR`; None: as the other dense ones). Only the starting sums differ: the optimizer, its groups and its checkpointed state keep
-    their shape, so checkpoints from either setting load into the other.
+    :data:`ATTENTION_INITIAL_ACCUMULATOR`; None: as the other dense ones). Only the starting sums
+    differ: the optimizer, its groups and its checkpointed state keep their shape, so checkpoints
+    from either setting load into the other.
     """
     kwargs: Dict[str, Any] = {"fused": True} if fused else {}
     if initial_accumulator_value is not None:
