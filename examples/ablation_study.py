@@ -18,7 +18,6 @@ against the step, with --eval-every), results.jsonl and every run's own director
 checked before anything starts: a bad value exits with status 2 and one line.
 """
 
-import math
 import os
 import shlex
 import sys
@@ -45,6 +44,7 @@ from marn_rec.training.ablation.views import (
 from marn_rec.training.cli import CheckedArgumentParser, synthetic_overrides, writable_dir_problem
 from marn_rec.training.evaluation import TABLE5_RECALL_AT
 from marn_rec.training.loop import TrainConfig
+from marn_rec.training.sharding import initial_accumulator_problem
 
 
 def parser() -> CheckedArgumentParser:
@@ -130,11 +130,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             p.error(f"{flag} must be a positive integer, got {value}")
     if not a.learning_rate > 0:
         p.error(f"--lr must be a number > 0, got {a.learning_rate}")
-    if not (math.isfinite(a.dense_initial_accumulator) and a.dense_initial_accumulator >= 0):
-        p.error(f"--dense-initial-accumulator must be a finite number >= 0, got {a.dense_initial_accumulator}")
-    att = a.attention_initial_accumulator
-    if att is not None and not (math.isfinite(att) and att >= 0):
-        p.error(f"--attention-initial-accumulator must be a finite number >= 0, got {att}")
+    if problem := initial_accumulator_problem(a.dense_initial_accumulator):
+        p.error(f"--dense-initial-accumulator {problem}")
+    if a.attention_initial_accumulator is not None and (
+        problem := initial_accumulator_problem(a.attention_initial_accumulator)
+    ):
+        p.error(f"--attention-initial-accumulator {problem}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
     if a.synthetic and a.data_dir:

@@ -26,6 +26,7 @@ from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.checkpoint import RESUME_MODES
 from marn_rec.training.loop import DENSE_DTYPES, TrainConfig
+from marn_rec.training.sharding import initial_accumulator_problem
 
 SHARDING_TYPES = tuple(t.value for t in ShardingType)
 
@@ -239,11 +240,12 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
                 f"--eval-batches {world_size} or more")
     if not (_is_finite(a.learning_rate) and a.learning_rate > 0):
         return f"--lr must be a finite number > 0, got {a.learning_rate}"
-    if not (_is_finite(a.dense_initial_accumulator) and a.dense_initial_accumulator >= 0):
-        return f"--dense-initial-accumulator must be a finite number >= 0, got {a.dense_initial_accumulator}"
-    att = a.attention_initial_accumulator
-    if att is not None and not (_is_finite(att) and att >= 0):
-        return f"--attention-initial-accumulator must be a finite number >= 0, got {att}"
+    if problem := initial_accumulator_problem(a.dense_initial_accumulator):
+        return f"--dense-initial-accumulator {problem}"
+    if a.attention_initial_accumulator is not None and (
+        problem := initial_accumulator_problem(a.attention_initial_accumulator)
+    ):
+        return f"--attention-initial-accumulator {problem}"
     if a.lambda0 is not None and not (_is_finite(a.lambda0) and a.lambda0 >= 0):
         return f"--lambda0 must be a finite number >= 0 (paper: 0.05), got {a.lambda0}"
     if a.gamma is not None and not (_is_finite(a.gamma) and a.gamma >= 0):

@@ -16,7 +16,6 @@ it. Batches are validated (:func:`marn_rec.validation.validated_batches`) before
 
 import itertools
 import json
-import math
 import os
 import socket
 import time
@@ -41,6 +40,7 @@ from marn_rec.training.sharding import (
     ADAGRAD_INITIAL_ACCUMULATOR,
     ATTENTION_INITIAL_ACCUMULATOR,
     apply_embedding_optimizer,
+    initial_accumulator_problem,
     plan_summary,
     shard_model,
     training_optimizer,
@@ -155,12 +155,11 @@ class TrainConfig:
         for name in ("batch_size", "steps", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not (math.isfinite(self.dense_initial_accumulator) and self.dense_initial_accumulator >= 0):
-            raise ValueError(f"dense_initial_accumulator must be a finite number >= 0, got "
-                             f"{self.dense_initial_accumulator}")
+        if problem := initial_accumulator_problem(self.dense_initial_accumulator):
+            raise ValueError(f"dense_initial_accumulator {problem}")
         a = self.attention_initial_accumulator
-        if a is not None and not (math.isfinite(a) and a >= 0):
-            raise ValueError(f"attention_initial_accumulator must be None or a finite number >= 0, got {a}")
+        if a is not None and (problem := initial_accumulator_problem(a)):
+            raise ValueError(f"attention_initial_accumulator (or None) {problem}")
         if self.model == REFERENCE and self.data_dir:
             raise ValueError(f"model {REFERENCE!r} maps the synthetic generator's true item factors: "
                              f"it cannot train on data_dir {self.data_dir!r}")

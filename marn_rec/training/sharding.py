@@ -8,6 +8,7 @@ row-wise accumulator per column shard, a slightly different optimizer. Dense par
 ``torch.optim.Adagrad``.
 """
 
+import math
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
@@ -23,6 +24,8 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from marn_rec.modules.candidate_attention import CandidateAttention
 
 # FBGEMM's row-wise AdaGrad default; set explicitly so the unsharded reference matches it.
 ADAGRAD_EPS = 1e-8
@@ -102,6 +105,13 @@ ADAGRAD_INITIAL_ACCUMULATOR = 0.1
 ATTENTION_INITIAL_ACCUMULATOR = 0.0
 
 
+def initial_accumulator_problem(value: Any) -> Optional[str]:
+    """Why ``value`` cannot start AdaGrad's sums (the end of a message), or None when it can."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+        return None
+    return f"must be a finite number >= 0, got {value}"
+
+
 def dense_optimizer(
     model: nn.Module,
     lr: float = 0.1,
@@ -117,8 +127,6 @@ def dense_optimizer(
 
 def candidate_attention_parameters(model: nn.Module) -> List[nn.Parameter]:
     """The parameters of the candidate attentions (APGRU's, paper 3.4.1) in ``model``."""
-    from marn_rec.modules.candidate_attention import CandidateAttention
-
     return [p for m in model.modules() if isinstance(m, CandidateAttention) for p in m.parameters()]
 
 
