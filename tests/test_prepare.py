@@ -189,9 +189,11 @@ def test_vocabularies_and_statistics_from_training_only(tmp_path):
     assert m["statistics"] == ["interactions", "users", "mean_rating", "price"]
     n = len(items["item_id"])
     prices = items["price"].to_pylist()
+    # An item without a training event was never observed: its counts are missing, not 0.
+    unseen = lambda i, v: float(v) if train_events[i] > 0 else math.nan  # noqa: E731
     values = {
-        "interactions": [float(train_events[i]) for i in items["item_id"]],
-        "users": [float(len(users_of.get(i, ()))) for i in items["item_id"]],
+        "interactions": [unseen(i, train_events[i]) for i in items["item_id"]],
+        "users": [unseen(i, len(users_of.get(i, ()))) for i in items["item_id"]],
         "mean_rating": [float(np.mean(ratings_of[i])) if i in ratings_of else math.nan for i in items["item_id"]],
         "price": [math.nan if p is None else p for p in prices],
     }
@@ -321,6 +323,40 @@ def test_training_negatives_are_items_of_the_training_period(tmp_path):
     kept = {n for n, c in counts.items() if c >= min(counts.values()) + 1}
     assert summary["training_negative_pool"] == len(kept) < 6
     assert {s["cand_raw"] for s in decoded(out2, "train") if s["label"] == 0.0} <= kept
+
+
+def test_statistics_of_items_never_observed_are_missing(tmp_path):
+    """An item without a training-period event (test-only, held out, or without any event) has
+    unknown counts: bucket 0 ("missing") of every computed statistic, never the bucket of the least
+    popular training items. An item shown in training but never clicked keeps its observed 0."""
+    names = [f"i{k}" for k in range(8)]
+    users, item_ids, ts = [], [], []
+    for u in range(12):  # training behaviours among i0-i3, the last one (test) among i4-i5
+        for j in range(3):
+            users.append(u), item_ids.append(names[(u + j) % 4]), ts.append(100 * u + j)
+        users.append(u), item_ids.append(names[4 + u % 2]), ts.append(100 * u + 50)
+    events = {"user_id": pa.array(np.array(users, np.int64)), "item_id": item_ids,
+              "timestamp": pa.array(np.array(ts, np.int64))}
+    out = str(tmp_path / "out")
+    prepare(write_raw(tmp_path, {"item_id": names}, events), out, PrepareConfig(progress=False))
+    m, table = manifest(out), read(out, "items.parquet")
+    row = vocab(out, "item_row.parquet")
+    assert m["statistics"] == ["interactions", "users"]
+    for k in range(2):
+        for b in (10, 100):
+            got = {n: table[row[n]][f"stat{k}_b{b}"] for n in names}
+            assert all(got[n] >= 1 for n in names[:4]), got  # observed: a bucket of their own
+            assert all(got[n] == 0 for n in names[4:]), got  # test-only (i4, i5), no event (i6, i7)
+
+    # Impressions: "b" is shown in training and never clicked; its 0 interactions are observed.
+    items = {"item_id": ["a", "b", "c"]}
+    events = {"user_id": ["u", "u", "u", "v", "v", "v"], "item_id": ["a", "b", "a", "a", "b", "c"],
+              "timestamp": pa.array([1, 2, 3, 1, 2, 3], pa.int64()), "label": [1.0, 0.0, 1.0, 1.0, 0.0, 1.0]}
+    out = str(tmp_path / "out2")
+    prepare(write_raw(tmp_path, items, events, name="raw2"), out, PrepareConfig(progress=False))
+    m, table, row = manifest(out), read(out, "items.parquet"), vocab(out, "item_row.parquet")
+    k = m["statistics"].index("interactions")
+    assert table[row["b"]][f"stat{k}_b10"] >= 1 and table[row["c"]][f"stat{k}_b10"] == 0
 
 
 def test_seeded_reproducibility(tmp_path):

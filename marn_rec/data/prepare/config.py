@@ -49,7 +49,8 @@ class PrepareConfig:
         statistic_buckets: (10, 100), the granularities of every statistic. Bucket 0 of each is
             "missing" (e.g. the mean rating of an item nobody rated); values fill the other
             ``b - 1`` equal-frequency buckets, boundaries computed on the items of the training
-            period only.
+            period only. The counts of an item without a training-period event are missing, not
+            0: the training period never observed it.
 
     Bad data:
         unknown_items: "error": an event whose item_id is not in items.parquet is a DataError;

@@ -178,8 +178,12 @@ def _write_item_side(
             per_item["mean_rating"] = np.where(totals.rating_count > 0, totals.rating_sum / totals.rating_count, np.nan)
     if part.labelled:
         per_item["impressions"] = totals.train_events
-    stats = item_side.raw_statistics(items, per_item)
+    # An item without a training-period event was never observed: its counts are unknown, not 0.
+    # A 0 would put it in the bucket of the least popular training items (every training item has
+    # at least one event), which uniform negatives teach as "not clicked"; missing is bucket 0.
     training_items = totals.train_events > 0
+    per_item = {name: np.where(training_items, values, np.nan) for name, values in per_item.items()}
+    stats = item_side.raw_statistics(items, per_item)
     buckets: Dict[str, np.ndarray] = {}
     boundaries: Dict[str, Dict[str, List[float]]] = {}
     for k, (name, values) in enumerate(stats.items()):
