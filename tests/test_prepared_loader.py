@@ -213,3 +213,29 @@ def test_dataset_pickles_for_spawned_workers(prepared):
     copy = pickle.loads(pickle.dumps(dataset))
     again = copy[0]
     assert torch.equal(first.item_image, again.item_image) and torch.equal(first.labels, again.labels)
+
+
+def test_an_older_preparation_warns_and_movielens_prepares_it_again(tmp_path):
+    """A directory written before ``layout.PREPARE_VERSION`` loads with a warning naming what
+    changed; ``prepared_movielens`` treats it as stale (and a current one as fresh)."""
+    import json
+    import warnings
+
+    from marn_rec.data.prepare import layout
+    from marn_rec.data.sources.movielens import _stale
+
+    out = str(tmp_path / "out")
+    prepare(_write_raw(tmp_path, "raw", with_image=False, with_title=False), out, PrepareConfig(progress=False))
+    path = os.path.join(out, layout.MANIFEST)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PreparedDataset(out)  # current: no warning
+    assert not _stale(path)
+    with open(path) as f:
+        manifest = json.load(f)
+    del manifest["prepare_version"]  # as written before the key existed
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.warns(UserWarning, match=r"out: prepared by an older marn_rec \(prepare_version 1.*missing"):
+        PreparedDataset(out)
+    assert _stale(path)

@@ -26,6 +26,7 @@ The item features a batch carries (keys of ``item_sparse``, in this order):
 
 import json
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -92,6 +93,11 @@ class PreparedDataset:
         if self.manifest.get("format") != layout.FORMAT:
             raise ValueError(f"{path}: format {self.manifest.get('format')!r}, expected {layout.FORMAT!r}")
         m = self.manifest
+        version = m.get("prepare_version", 1)
+        if version < layout.PREPARE_VERSION:
+            changes = "; ".join(layout.PREPARE_VERSION_CHANGES[v] for v in range(version + 1, layout.PREPARE_VERSION + 1))
+            warnings.warn(f"{path}: prepared by an older marn_rec (prepare_version {version}, now "
+                          f"{layout.PREPARE_VERSION}); prepare it again for: {changes}", stacklevel=2)
         table = pq.read_table(os.path.join(path, layout.ITEMS))
         if table.num_rows != m["num_items"]:
             raise ValueError(f"{path}: items.parquet has {table.num_rows} rows, manifest {m['num_items']}")

@@ -9,6 +9,11 @@ buckets were cut from) and, where the data has them, ``image_vectors.npy`` and
 """
 
 FORMAT = "marn_rec.prepared/1"
+# What the files mean, within one format: bumped when preparation computes something differently
+# (the files' layout unchanged). 2 (2026-12-02): the counts of items without a training-period
+# event are missing, not 0. A manifest without the key is version 1.
+PREPARE_VERSION = 2
+PREPARE_VERSION_CHANGES = {2: "the counts of items without a training-period event are missing (bucket 0), not 0"}
 
 MANIFEST = "manifest.json"
 ITEMS = "items.parquet"

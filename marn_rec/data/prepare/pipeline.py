@@ -303,6 +303,7 @@ def prepare(raw_dir: str, out_dir: str, config: PrepareConfig = PrepareConfig())
     summary["seconds"] = round(time.time() - t0, 1)
     manifest = {
         "format": layout.FORMAT,
+        "prepare_version": layout.PREPARE_VERSION,
         "num_items": n_items,
         "num_users": processor.next_user_row,
         "id_features": [

@@ -22,6 +22,7 @@ line, or with ``errors="drop"`` is dropped and counted in the returned summary. 
 
 import glob
 import hashlib
+import json
 import math
 import os
 import re
@@ -426,7 +427,8 @@ def prepared_movielens(out: str, cache_dir: Optional[str] = None, **prepare_opti
 
     Safe to call from every rank of a job at once: a file lock lets one process prepare while the
     others wait, and a directory that already holds a manifest is used as it is (delete it to
-    prepare again with other options).
+    prepare again with other options), unless an older marn_rec prepared it
+    (``layout.PREPARE_VERSION``): then it is prepared again.
 
     Args:
         prepare_options: fields of :class:`marn_rec.data.prepare.PrepareConfig`.
@@ -440,7 +442,16 @@ def prepared_movielens(out: str, cache_dir: Optional[str] = None, **prepare_opti
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, ".prepare.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(os.path.join(prepared, layout.MANIFEST)):
+        manifest = os.path.join(prepared, layout.MANIFEST)
+        if not os.path.exists(manifest) or _stale(manifest):
             summary = convert_movielens(raw, "recbole", None, cache_dir)
             prepare(raw, prepared, PrepareConfig(source=summary.source, **prepare_options))
     return prepared
+
+
+def _stale(manifest_path: str) -> bool:
+    """True when the manifest was written by an older preparation (``layout.PREPARE_VERSION``)."""
+    from marn_rec.data.prepare import layout
+
+    with open(manifest_path) as f:
+        return json.load(f).get("prepare_version", 1) < layout.PREPARE_VERSION
