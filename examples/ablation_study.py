@@ -91,6 +91,9 @@ def parser() -> CheckedArgumentParser:
                    default=TrainConfig.attention_initial_accumulator,
                    help="the same for APGRU's candidate attention of every run (default 0: plain "
                         "AdaGrad)")
+    p.add_argument("--cold-item-dropout", type=float, default=TrainConfig.cold_item_dropout, metavar="P",
+                   help="with --data: every run shows each item of a training batch with probability P "
+                        "as one the training period never observed (DropoutNet; default: never)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one process each)")
     p.add_argument("--out-dir", default="runs/ablation", help="every run's directory and the report")
     p.add_argument("--merge", nargs="+", default=[], metavar="STUDY_DIR",
@@ -138,6 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--attention-initial-accumulator {problem}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
+    if not 0 <= a.cold_item_dropout < 1:
+        p.error(f"--cold-item-dropout must be in [0, 1), got {a.cold_item_dropout}")
+    if a.cold_item_dropout and not a.data_dir:
+        p.error("--cold-item-dropout needs --data")
     if a.synthetic and a.data_dir:
         p.error("--synthetic changes the synthetic stream; it does not apply to --data")
     try:
@@ -174,7 +181,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            learning_rate=a.learning_rate, out_dir=a.out_dir, data_dir=data_dir,
                            data_overrides=overrides, recall_at=TABLE5_RECALL_AT,
                            table_dtype=a.table_dtype, dense_initial_accumulator=a.dense_initial_accumulator,
-                           attention_initial_accumulator=a.attention_initial_accumulator)
+                           attention_initial_accumulator=a.attention_initial_accumulator,
+                           cold_item_dropout=a.cold_item_dropout)
         try:
             models, skipped = applicable_models(base, a.models)
             if not a.data_dir:

@@ -52,6 +52,9 @@ BAD = [
     (["--lambda0", "nan"], r"--lambda0 must be a finite number >= 0"),
     (["--gamma=-inf"], r"--gamma must be a finite number >= 0 \(paper: 10;"),
     (["--gamma", "nan"], r"--gamma must be a finite number >= 0"),
+    (["--cold-item-dropout", "1"], r"--cold-item-dropout must be in \[0, 1\), got 1.0"),
+    (["--cold-item-dropout", "nan"], r"--cold-item-dropout must be in \[0, 1\), got nan"),
+    (["--cold-item-dropout", "0.1"], r"--cold-item-dropout needs --data \(the synthetic stream"),
     (["--sharding-types", "row_wize"], r"--sharding-types: unknown \['row_wize'\]; known: data_parallel, "),
     (["--sharding-types", "table_wise", "table_wise"], r"--sharding-types lists a type twice"),
     (["--sharding-types"], r"argument --sharding-types: expected at least one argument"),
@@ -211,3 +214,11 @@ def test_the_ablation_study_help_shows_defaults(capsys: pytest.CaptureFixture) -
         _ablation_example().main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 1500)" in text and "(default: runs/ablation)" in text
+
+
+def test_train_config_refuses_a_cold_item_dropout_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match=r"cold_item_dropout must be in \[0, 1\), got -0.1"):
+        TrainConfig(data_dir="d", cold_item_dropout=-0.1)
+    with pytest.raises(ValueError, match="cold_item_dropout needs data_dir"):
+        TrainConfig(cold_item_dropout=0.1)
+    assert TrainConfig(data_dir="d", cold_item_dropout=0.1).cold_item_dropout == 0.1

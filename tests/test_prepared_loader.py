@@ -14,7 +14,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from marn_rec.data.prepare import PrepareConfig, prepare
-from marn_rec.data.prepared import PreparedDataset, batch_bounds, make_prepared_loader
+from marn_rec.data.prepared import PreparedBatchDataset, PreparedDataset, batch_bounds, make_prepared_loader
 
 IMAGE_DIM = 5
 
@@ -239,3 +239,50 @@ def test_an_older_preparation_warns_and_movielens_prepares_it_again(tmp_path):
     with pytest.warns(UserWarning, match=r"out: prepared by an older marn_rec \(prepare_version 1.*missing"):
         PreparedDataset(out)
     assert _stale(path)
+
+
+def test_cold_item_dropout_shows_items_as_never_observed(prepared):
+    """With cold_item_dropout p, about p of each batch's items have item_id row 0 and the buckets
+    of the training-period counts at 0 (missing), in every slot of the item; shop, genres, the item
+    table's price, title and image stay. The draw depends on (seed, batch, item) alone."""
+    data = PreparedDataset(prepared)
+    m = data.manifest
+    assert m["statistics"] == ["interactions", "users", "price"]
+    dropped_keys = ["item_id"] + [f"stat{k}_b{b}" for k in (0, 1) for b in (10, 100)]
+    assert data.unobserved_features == dropped_keys
+    plain = PreparedBatchDataset(data, "train", batch_size=64, seed=3)
+    drop = PreparedBatchDataset(data, "train", batch_size=64, seed=3, cold_item_dropout=0.3)
+    per_slot = PreparedBatchDataset(data, "train", batch_size=64, seed=3, cold_item_dropout=0.3, dedup=False)
+    items = pq.read_table(os.path.join(prepared, "items.parquet")).to_pylist()
+    dropped = total = 0
+    for i in range(len(plain)):
+        a, b, c = plain[i], drop[i], per_slot[i]
+        assert torch.equal(a.candidate_index, b.candidate_index) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.item_image, b.item_image) and torch.equal(a.item_title.values(), b.item_title.values())
+        for key in b.item_sparse.keys():
+            if key not in dropped_keys:
+                assert torch.equal(a.item_sparse[key].values(), b.item_sparse[key].values()), key
+        is_dropped = b.item_sparse["item_id"].values() != a.item_sparse["item_id"].values()
+        for key in dropped_keys:
+            got, before = b.item_sparse[key].values(), a.item_sparse[key].values()
+            assert torch.equal(got, torch.where(is_dropped, 0, before)), key
+        # Dropped items were observed ones (a row of their own) shown as unobserved.
+        assert bool((a.item_sparse["item_id"].values()[is_dropped] > 0).all())
+        dropped += int(is_dropped.sum())
+        total += is_dropped.numel()
+        # Per slot: every slot of an item shows the same draw as the deduplicated batch.
+        slots = torch.cat([b.candidate_index, b.history_index])
+        for key in dropped_keys:
+            assert torch.equal(c.item_sparse[key].values(), b.item_sparse[key].values()[slots]), key
+        # Seeded: the same batch again gives the same draw; another seed another one.
+        assert torch.equal(drop[i].item_sparse.values(), b.item_sparse.values())
+    assert 0.2 < dropped / total < 0.4, dropped / total
+    # Another seed, or another batch, draws other items (the same rows, the same batch index).
+    rows = torch.arange(1, data.num_items)
+    other = PreparedBatchDataset(data, "train", batch_size=64, seed=4, cold_item_dropout=0.3)
+    ids = lambda ds, g: ds._unobserved_view(g)(rows).sparse["item_id"]  # noqa: E731
+    assert torch.equal(ids(drop, 0), ids(drop, 0))
+    assert not torch.equal(ids(drop, 0), ids(other, 0)) and not torch.equal(ids(drop, 0), ids(drop, 1))
+    assert items[0]["item_id"] == 0  # row 0: what the dropped items now read
+    with pytest.raises(ValueError, match="cold_item_dropout must be in"):
+        PreparedBatchDataset(data, "train", cold_item_dropout=1.0)

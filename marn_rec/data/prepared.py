@@ -28,7 +28,7 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from marn_rec.batch import ItemFeatures, MARNBatch, build_batch
 from marn_rec.data.prepare import layout
+from marn_rec.data.prepare.partition import hash_ids
 from marn_rec.data.synthetic import shard_batch_indices
 from marn_rec.features import statistic_feature
 
@@ -106,6 +107,14 @@ class PreparedDataset:
         self.multi_valued = {f["name"] for f in m["id_features"] if f["multi_valued"]}
         self.statistic_features: List[str] = [
             statistic_feature(k, b) for k in range(len(m["statistics"])) for b in m["statistic_buckets"]
+        ]
+        # What an item the training period never observed lacks: its own item_id row (row 0 is
+        # out of vocabulary) and its training-period counts (bucket 0 is missing). Its other ID
+        # features, statistics of the item table, title and image describe it as any other item.
+        self.unobserved_features: List[str] = [self.id_features[0]] + [
+            statistic_feature(k, b)
+            for k, name in enumerate(m["statistics"]) if name in layout.TRAINING_STATISTICS
+            for b in m["statistic_buckets"]
         ]
         # Single-valued: [num_items] per feature. Multi-valued and titles: offsets + values.
         self._single: Dict[str, np.ndarray] = {}
@@ -190,7 +199,15 @@ class PreparedBatchDataset(Dataset):
     """Batches of ``split`` read by ``rank`` of ``world_size``: item ``i`` is global batch
     ``order[rank + i * world_size]`` where ``order`` is the identity, or with ``seed`` a seeded
     permutation of blocks of consecutive batches (a different order per epoch: pass
-    ``seed + epoch``)."""
+    ``seed + epoch``).
+
+    ``cold_item_dropout`` p > 0 shows each item of a batch, with probability p, as an item the
+    training period never observed (``PreparedDataset.unobserved_features`` at row / bucket 0),
+    as DropoutNet (Volkovs et al., NeurIPS 2017) drops the preference input so that a model learns
+    to score cold items from their content. The draw depends on (``seed``, the global batch, the
+    item row) alone: an item is dropped in every slot of its batch or in none (dedup and per-slot
+    batches agree), and a resumed run sees the same batches.
+    """
 
     def __init__(
         self,
@@ -201,8 +218,12 @@ class PreparedBatchDataset(Dataset):
         batch_size: int = 256,
         seed: Optional[int] = None,
         dedup: bool = True,
+        cold_item_dropout: float = 0.0,
     ):
+        if not 0.0 <= cold_item_dropout < 1.0:
+            raise ValueError(f"cold_item_dropout must be in [0, 1), got {cold_item_dropout}")
         self.data, self.split, self.dedup = data, split, dedup
+        self.seed, self.cold_item_dropout = seed, cold_item_dropout
         self.file = data.split_path(split)
         meta = pq.ParquetFile(self.file).metadata
         group_rows = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
@@ -269,11 +290,26 @@ class PreparedBatchDataset(Dataset):
             behavior_types=torch.from_numpy(behavior),
             behavior_time_buckets=torch.from_numpy(time_bucket),
             labels=_tensor(t.column(layout.LABEL)),
-            item_features=self.data.features,
+            item_features=self._unobserved_view(g) if self.cold_item_dropout else self.data.features,
             user_ids=_tensor(t.column(layout.USER)),
             meta={layout.CANDIDATE_COLD: _tensor(t.column(layout.CANDIDATE_COLD))},
             dedup=self.dedup,
         )
+
+    def _unobserved_view(self, g: int) -> Callable[[torch.Tensor], ItemFeatures]:
+        """``data.features`` with each item row dropped (see the class docstring) with
+        probability ``cold_item_dropout``, by a hash of the row salted with (seed, batch ``g``)."""
+        salt = int(np.random.default_rng([self.seed or 0, g, 11]).integers(0, 2**62))
+
+        def features(rows: torch.Tensor) -> ItemFeatures:
+            out = self.data.features(rows)
+            h = hash_ids(pa.array(rows.long().numpy() ^ salt))
+            drop = torch.from_numpy((h >> np.uint64(11)).astype(np.float64) / 2.0**53 < self.cold_item_dropout)
+            for name in self.data.unobserved_features:
+                out.sparse[name] = torch.where(drop, 0, out.sparse[name])
+            return out
+
+        return features
 
 
 def single_thread_worker(worker_id: int) -> None:
@@ -293,6 +329,7 @@ def make_prepared_loader(
     pin_memory: bool = False,
     prefetch_factor: Optional[int] = None,
     data: Optional[PreparedDataset] = None,
+    cold_item_dropout: float = 0.0,
 ) -> StatefulDataLoader:
     """A resumable loader of the ``split`` ("train" or "test") batches of ``rank``.
 
@@ -303,6 +340,8 @@ def make_prepared_loader(
         seed: permutes the batch order (None: file order); pass ``seed + epoch`` per epoch.
         dedup: one row per unique item (True) or per slot (False), see :func:`build_batch`.
         data: an open :class:`PreparedDataset` of ``path`` to share between loaders.
+        cold_item_dropout: show each item of a batch with this probability as one the training
+            period never observed (:class:`PreparedBatchDataset`); for training batches.
 
     Example::
 
@@ -315,7 +354,7 @@ def make_prepared_loader(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     data = data if data is not None else PreparedDataset(path)
-    dataset = PreparedBatchDataset(data, split, rank, world_size, batch_size, seed, dedup)
+    dataset = PreparedBatchDataset(data, split, rank, world_size, batch_size, seed, dedup, cold_item_dropout)
     return StatefulDataLoader(
         dataset,
         batch_size=None,

@@ -207,6 +207,10 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
     p.add_argument("--attention-initial-accumulator", type=float, default=d.attention_initial_accumulator,
                    help="the same for APGRU's candidate attention alone (default 0: plain "
                         "AdaGrad, whose step does not depend on the gradient's scale)")
+    p.add_argument("--cold-item-dropout", type=float, default=d.cold_item_dropout, metavar="P",
+                   help="with --data: show each item of a training batch with probability P as one "
+                        "the training period never observed (item_id out of vocabulary, its "
+                        "training-period counts missing), to learn to score cold items (DropoutNet)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false",
                    help="run the item tower once per slot instead of once per unique item")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
@@ -246,6 +250,10 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
         problem := initial_accumulator_problem(a.attention_initial_accumulator)
     ):
         return f"--attention-initial-accumulator {problem}"
+    if not (_is_finite(a.cold_item_dropout) and 0 <= a.cold_item_dropout < 1):
+        return f"--cold-item-dropout must be in [0, 1), got {a.cold_item_dropout}"
+    if a.cold_item_dropout and not a.data_dir:
+        return "--cold-item-dropout needs --data (the synthetic stream has no out-of-vocabulary row)"
     if a.lambda0 is not None and not (_is_finite(a.lambda0) and a.lambda0 >= 0):
         return f"--lambda0 must be a finite number >= 0 (paper: 0.05), got {a.lambda0}"
     if a.gamma is not None and not (_is_finite(a.gamma) and a.gamma >= 0):

@@ -113,6 +113,11 @@ class TrainConfig:
             AdaGrad, whose step does not depend on the gradient's scale); None: as the other dense
             parameters. Checkpoints from before the field (which ran as None) are accepted at the
             default and resume exactly: the optimizer's sums come from the checkpoint.
+        cold_item_dropout: 0 (not in the paper). With ``data_dir``, each item of a training batch
+            is shown with this probability as an item the training period never observed (its
+            ``item_id`` out of vocabulary, its training-period counts missing), so that the model
+            learns to score cold items from the rest of their features (DropoutNet, Volkovs et
+            al. 2017); :class:`marn_rec.data.prepared.PreparedBatchDataset`.
     """
 
     preset: str = "small"
@@ -142,6 +147,7 @@ class TrainConfig:
     fused_optimizer: bool = False
     dense_initial_accumulator: float = ADAGRAD_INITIAL_ACCUMULATOR
     attention_initial_accumulator: Optional[float] = ATTENTION_INITIAL_ACCUMULATOR
+    cold_item_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -160,6 +166,11 @@ class TrainConfig:
         a = self.attention_initial_accumulator
         if a is not None and (problem := initial_accumulator_problem(a)):
             raise ValueError(f"attention_initial_accumulator (or None) {problem}")
+        if not 0.0 <= self.cold_item_dropout < 1.0:
+            raise ValueError(f"cold_item_dropout must be in [0, 1), got {self.cold_item_dropout}")
+        if self.cold_item_dropout and not self.data_dir:
+            raise ValueError("cold_item_dropout needs data_dir (a prepared directory, where row 0 of "
+                             "item_id and bucket 0 of a statistic mean 'never observed')")
         if self.model == REFERENCE and self.data_dir:
             raise ValueError(f"model {REFERENCE!r} maps the synthetic generator's true item factors: "
                              f"it cannot train on data_dir {self.data_dir!r}")

@@ -146,7 +146,8 @@ def prepared_data(cfg: Any, base: MARNConfig, rank: int, world: int) -> Training
     model_cfg = model_config_for_manifest(data.manifest, base)
 
     def epoch(e: int) -> Dataset:
-        return PreparedBatchDataset(data, "train", rank, world, cfg.batch_size, cfg.seed + e, cfg.dedup)
+        return PreparedBatchDataset(data, "train", rank, world, cfg.batch_size, cfg.seed + e, cfg.dedup,
+                                    cfg.cold_item_dropout)
 
     train_loader = StatefulDataLoader(
         _Epochs(epoch, cfg.steps),

@@ -172,12 +172,12 @@ def _write_item_side(
     """items.parquet, item_statistics.parquet, the item vocabularies, title vectors and images."""
     features = item_side.categorical_features(items, totals.train_events, cfg.min_count)
     titles = item_side.titles(items, cfg.title_length)
-    per_item = {"interactions": totals.train_behaviors, "users": totals.train_users}
+    per_item = {layout.INTERACTIONS: totals.train_behaviors, layout.USERS: totals.train_users}
     if part.has_rating:
         with np.errstate(invalid="ignore", divide="ignore"):
-            per_item["mean_rating"] = np.where(totals.rating_count > 0, totals.rating_sum / totals.rating_count, np.nan)
+            per_item[layout.MEAN_RATING] = np.where(totals.rating_count > 0, totals.rating_sum / totals.rating_count, np.nan)
     if part.labelled:
-        per_item["impressions"] = totals.train_events
+        per_item[layout.IMPRESSIONS] = totals.train_events
     # An item without a training-period event was never observed: its counts are unknown, not 0.
     # A 0 would put it in the bucket of the least popular training items (every training item has
     # at least one event), which uniform negatives teach as "not clicked"; missing is bucket 0.
