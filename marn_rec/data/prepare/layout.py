@@ -51,9 +51,9 @@ HISTORY_TIME_BUCKET = "history_time_bucket"
 CANDIDATE_COLD = "candidate_cold"
 SAMPLE_COLUMNS = (USER, CANDIDATE, LABEL, HISTORY, HISTORY_BEHAVIOR, HISTORY_TIME_BUCKET, CANDIDATE_COLD)
 
-MISSING_LABEL = "<missing>"
+MISSING_LABEL = "<missing>"  # label of row 0 of the behaviour types
 
 # Statistics preparation counts over the training period (manifest "statistics" lists them first,
 # then the item table's float columns, which may not reuse these names).
 INTERACTIONS, USERS, MEAN_RATING, IMPRESSIONS = "interactions", "users", "mean_rating", "impressions"
-TRAINING_STATISTICS = (INTERACTIONS, USERS, MEAN_RATING, IMPRESSIONS)  # label of row 0 of the behaviour types
+TRAINING_STATISTICS = (INTERACTIONS, USERS, MEAN_RATING, IMPRESSIONS)
