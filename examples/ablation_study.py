@@ -25,6 +25,7 @@ from dataclasses import replace
 from typing import Optional, Sequence
 
 from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
+from marn_rec.data.prepared import cold_item_dropout_problem
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.training.ablation import (
     applicable_models,
@@ -141,8 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--attention-initial-accumulator {problem}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
-    if not 0 <= a.cold_item_dropout < 1:
-        p.error(f"--cold-item-dropout must be in [0, 1), got {a.cold_item_dropout}")
+    if problem := cold_item_dropout_problem(a.cold_item_dropout):
+        p.error(f"--cold-item-dropout {problem}")
     if a.cold_item_dropout and not a.data_dir:
         p.error("--cold-item-dropout needs --data")
     if a.synthetic and a.data_dir:

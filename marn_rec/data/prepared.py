@@ -47,6 +47,13 @@ from marn_rec.features import statistic_feature
 _CACHED_ROW_GROUPS = 2
 
 
+def cold_item_dropout_problem(p: Any) -> Optional[str]:
+    """Why ``p`` cannot be a ``cold_item_dropout`` (the end of a message), or None when it can."""
+    if isinstance(p, (int, float)) and 0.0 <= p < 1.0:  # NaN fails the comparison too
+        return None
+    return f"must be in [0, 1), got {p}"
+
+
 def _numpy(column: Any) -> np.ndarray:
     """A writable numpy copy of a (chunked) Arrow column without nulls (Arrow buffers are
     read-only, torch wants writable memory)."""
@@ -94,11 +101,10 @@ class PreparedDataset:
         if self.manifest.get("format") != layout.FORMAT:
             raise ValueError(f"{path}: format {self.manifest.get('format')!r}, expected {layout.FORMAT!r}")
         m = self.manifest
-        version = m.get("prepare_version", 1)
-        if version < layout.PREPARE_VERSION:
-            changes = "; ".join(layout.PREPARE_VERSION_CHANGES[v] for v in range(version + 1, layout.PREPARE_VERSION + 1))
-            warnings.warn(f"{path}: prepared by an older marn_rec (prepare_version {version}, now "
-                          f"{layout.PREPARE_VERSION}); prepare it again for: {changes}", stacklevel=2)
+        if changes := layout.changes_since(m):
+            warnings.warn(f"{path}: prepared by an older marn_rec (prepare_version "
+                          f"{m.get('prepare_version', 1)}, now {layout.PREPARE_VERSION}); prepare it "
+                          f"again for: {changes}", stacklevel=2)
         table = pq.read_table(os.path.join(path, layout.ITEMS))
         if table.num_rows != m["num_items"]:
             raise ValueError(f"{path}: items.parquet has {table.num_rows} rows, manifest {m['num_items']}")
@@ -220,8 +226,8 @@ class PreparedBatchDataset(Dataset):
         dedup: bool = True,
         cold_item_dropout: float = 0.0,
     ):
-        if not 0.0 <= cold_item_dropout < 1.0:
-            raise ValueError(f"cold_item_dropout must be in [0, 1), got {cold_item_dropout}")
+        if problem := cold_item_dropout_problem(cold_item_dropout):
+            raise ValueError(f"cold_item_dropout {problem}")
         self.data, self.split, self.dedup = data, split, dedup
         self.seed, self.cold_item_dropout = seed, cold_item_dropout
         self.file = data.split_path(split)

@@ -24,6 +24,7 @@ from torchrec.distributed.types import ShardingType
 
 from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
 from marn_rec.features import TABLE_DTYPES
+from marn_rec.data.prepared import cold_item_dropout_problem
 from marn_rec.training.checkpoint import RESUME_MODES
 from marn_rec.training.loop import DENSE_DTYPES, TrainConfig
 from marn_rec.training.sharding import initial_accumulator_problem
@@ -250,8 +251,8 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
         problem := initial_accumulator_problem(a.attention_initial_accumulator)
     ):
         return f"--attention-initial-accumulator {problem}"
-    if not (_is_finite(a.cold_item_dropout) and 0 <= a.cold_item_dropout < 1):
-        return f"--cold-item-dropout must be in [0, 1), got {a.cold_item_dropout}"
+    if problem := cold_item_dropout_problem(a.cold_item_dropout):
+        return f"--cold-item-dropout {problem}"
     if a.cold_item_dropout and not a.data_dir:
         return "--cold-item-dropout needs --data (the synthetic stream has no out-of-vocabulary row)"
     if a.lambda0 is not None and not (_is_finite(a.lambda0) and a.lambda0 >= 0):

@@ -36,6 +36,7 @@ from marn_rec.training.checkpoint import (
 from marn_rec.config import PRESETS, REFERENCE, MARNConfig, ablation
 from marn_rec.features import TABLE_DTYPES
 from marn_rec.data import SyntheticTaobaoConfig
+from marn_rec.data.prepared import cold_item_dropout_problem
 from marn_rec.training.sharding import (
     ADAGRAD_INITIAL_ACCUMULATOR,
     ATTENTION_INITIAL_ACCUMULATOR,
@@ -166,8 +167,8 @@ class TrainConfig:
         a = self.attention_initial_accumulator
         if a is not None and (problem := initial_accumulator_problem(a)):
             raise ValueError(f"attention_initial_accumulator (or None) {problem}")
-        if not 0.0 <= self.cold_item_dropout < 1.0:
-            raise ValueError(f"cold_item_dropout must be in [0, 1), got {self.cold_item_dropout}")
+        if problem := cold_item_dropout_problem(self.cold_item_dropout):
+            raise ValueError(f"cold_item_dropout {problem}")
         if self.cold_item_dropout and not self.data_dir:
             raise ValueError("cold_item_dropout needs data_dir (a prepared directory, where row 0 of "
                              "item_id and bucket 0 of a statistic mean 'never observed')")

@@ -15,6 +15,12 @@ FORMAT = "marn_rec.prepared/1"
 PREPARE_VERSION = 2
 PREPARE_VERSION_CHANGES = {2: "the counts of items without a training-period event are missing (bucket 0), not 0"}
 
+
+def changes_since(manifest: dict) -> str:
+    """What preparation computes differently since ``manifest`` was written ("" when current)."""
+    version = manifest.get("prepare_version", 1)
+    return "; ".join(PREPARE_VERSION_CHANGES[v] for v in range(version + 1, PREPARE_VERSION + 1))
+
 MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
 ITEM_STATISTICS = "item_statistics.parquet"

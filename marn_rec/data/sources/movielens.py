@@ -454,4 +454,4 @@ def _stale(manifest_path: str) -> bool:
     from marn_rec.data.prepare import layout
 
     with open(manifest_path) as f:
-        return json.load(f).get("prepare_version", 1) < layout.PREPARE_VERSION
+        return bool(layout.changes_since(json.load(f)))
