@@ -151,3 +151,50 @@ def test_unsorted_lengths_equal_per_sample_runs() -> None:
         torch.testing.assert_close(states[i, :n], s_i[0])
         torch.testing.assert_close(last[i], l_i[0])
         assert torch.equal(states[i, n:], torch.zeros(6 - n, 4))
+
+
+@pytest.mark.parametrize("with_property", [True, False])
+def test_packed_path_equals_the_step_loop_and_the_masked_path(with_property: bool) -> None:
+    """The eager path (packed valid steps), the step loop of 2026-12-01 that the benchmark times
+    as the old step, and the traceable masked path: same states, last states and gradients."""
+    torch.manual_seed(0)
+    m = APGRU(5, 4, property_dim=3 if with_property else 0).double()
+    lengths = torch.tensor([3, 0, 7, 1, 7, 5, 0, 2])
+    x = torch.randn(len(lengths), 7, 5, dtype=torch.float64)
+    p = torch.randn(len(lengths), 7, 3, dtype=torch.float64) if with_property else None
+    w = torch.randn(len(lengths), 7, 4, dtype=torch.float64)
+
+    def run(path: str):
+        xs = x.clone().requires_grad_()
+        ps = p.clone().requires_grad_() if p is not None else None
+        m.zero_grad(set_to_none=True)
+        m.old_step_kernels = path == "loop"
+        states, last = m._forward_masked(xs, lengths, ps) if path == "masked" else m(xs, lengths, ps)
+        ((states * w).sum() + (last * last).sum()).backward()
+        grads = [xs.grad] + ([ps.grad] if ps is not None else []) + [q.grad for q in m.parameters()]
+        return [states.detach(), last.detach()] + grads
+
+    packed, loop, masked = run("packed"), run("loop"), run("masked")
+    for a, b, c in zip(packed, loop, masked):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c)
+    # Padding stays zero, and a user without behaviours keeps the zero state.
+    assert torch.equal(packed[0][0, 3:], torch.zeros(4, 4, dtype=torch.float64))
+    assert torch.equal(packed[1][1], torch.zeros(4, dtype=torch.float64))
+
+
+def test_packed_path_under_bf16_autocast_matches_the_step_loop() -> None:
+    """The fast step runs APGRU under bf16 autocast: the packed path gives the step loop's
+    results there too (same casts, same state dtype)."""
+    torch.manual_seed(1)
+    m = APGRU(6, 5, property_dim=2)
+    lengths = torch.tensor([4, 1, 0, 6, 6, 3])
+    x, p = torch.randn(6, 6, 6), torch.randn(6, 6, 2)
+    out = {}
+    for old in (False, True):
+        m.old_step_kernels = old
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out[old] = m(x, lengths, p)
+    for a, b in zip(out[False], out[True]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b)

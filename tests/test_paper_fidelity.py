@@ -21,7 +21,7 @@ import torchrec
 from marn_rec import MARN, MARNTower, ablation, tiny
 from marn_rec.models.loss import marn_loss
 from marn_rec.models.marn import MARNTrain
-from marn_rec.modules.ddma import DoubleDiscriminatorAdversarial, ModalityAdversarial
+from marn_rec.modules.ddma import DoubleDiscriminatorAdversarial, ModalityAdversarial, max_pool
 from marn_rec.modules.maf import MultimodalAttentionFusion, SumFusion
 from marn_rec.modules.title_cnn import TitleCNN
 from marn_rec.testing import RandomCatalog, random_batch
@@ -222,9 +222,11 @@ def _kim_by_hand(cnn: TitleCNN, words: torch.Tensor, lengths: torch.Tensor) -> t
     return torch.stack(rows)
 
 
-def test_title_cnn_pools_only_inside_the_title() -> None:
+@pytest.mark.parametrize("old_step_kernels", [False, True])
+def test_title_cnn_pools_only_inside_the_title(old_step_kernels: bool) -> None:
     torch.manual_seed(0)
     cnn = TitleCNN(word_dim=3, windows=(2, 3, 4), filters=2)
+    cnn.old_step_kernels = old_step_kernels
     with torch.no_grad():
         for conv in cnn.convs:
             conv.bias.fill_(5.0)  # windows over the padding would win every max
@@ -238,6 +240,34 @@ def test_title_cnn_pools_only_inside_the_title() -> None:
     # More padding changes nothing.
     longer = torch.cat([words, torch.zeros(len(lengths), 4, 3)], dim=1)
     torch.testing.assert_close(cnn(longer, lengths.clamp(max=h)), out)
+
+
+def test_title_cnn_and_pooling_of_c_old_and_new_kernels_agree_with_gradients() -> None:
+    """The kernels of 2026-12-01 (amax, the empty-title mask apart) that the benchmark times as
+    the old step, and the current ones (max, one mask): same outputs and gradients without ties,
+    in fp32 and under bf16 autocast."""
+    torch.manual_seed(0)
+    cnn = TitleCNN(word_dim=5, windows=(2, 3, 4), filters=4)
+    lengths = torch.tensor([0, 1, 3, 4, 6, 8])
+    words = torch.randn(len(lengths), 8, 5) * (torch.arange(8) < lengths.unsqueeze(1)).unsqueeze(2)
+    c_m = torch.randn(len(lengths), 3, 4)
+    for autocast in (False, True):
+        results = []
+        for old in (False, True):
+            cnn.old_step_kernels = old
+            cnn.zero_grad(set_to_none=True)
+            x, c = words.clone().requires_grad_(), c_m.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out, pooled = cnn(x, lengths), max_pool(c, old)
+            (out.float() * torch.arange(out.shape[1])).sum().backward()
+            (pooled * torch.arange(4)).sum().backward()
+            results.append([out.detach(), pooled.detach(), x.grad, c.grad] + [p.grad for p in cnn.parameters()])
+        for new, old in zip(*results):
+            # Under autocast the old CNN's output was promoted to fp32 by the empty-title mask;
+            # the new one stays bf16 (the projection after it casts to bf16 either way), so the
+            # gradients flow back in bf16 instead of fp32: equal to bf16's precision.
+            tolerance = {"rtol": 1.6e-2, "atol": 1e-3} if autocast else {}
+            torch.testing.assert_close(new, old.to(new.dtype), **tolerance)
 
 
 def test_empty_titles_embed_to_zeros_in_the_tower() -> None:

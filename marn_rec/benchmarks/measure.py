@@ -12,7 +12,7 @@ import gc
 import itertools
 import statistics
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -82,7 +82,8 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     out: Dict[str, Any] = {"rank": rank, "threads": torch.get_num_threads(), "peak_reset": peak_reset}
-    # ``fast``: the fast step (bf16 autocast forward, fused dense AdaGrad) instead of the old one;
+    # ``fast``: the fast step (bf16 autocast forward, fused dense AdaGrad) instead of the old one
+    # (which also runs APGRU's old step loop: ``old_kernels`` below);
     # switched between timed windows when ``cfg.fast_step`` compares the two.
     fast = {"on": False}
     fast_step = cfg.fast_step_at(spec.num_items, spec.dedup)
@@ -225,12 +226,19 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         i += (cfg.windows + 1) * cfg.steps_per_window
 
     if fast_step:
-        out["fast_step"] = _compare_fast(step, i, fast, cfg, device, barrier)
+        # Modules whose step changed since 2026-12-01 keep the old kernels behind this attribute.
+        switchable = [m for m in step_model.modules() if hasattr(m, "old_step_kernels")]
+
+        def old_kernels(on: bool) -> None:
+            for m in switchable:
+                m.old_step_kernels = on
+
+        out["fast_step"] = _compare_fast(step, i, fast, old_kernels, cfg, device, barrier)
         i += 2 * (cfg.windows + 1) * cfg.steps_per_window
         if spec.pipeline:
             pipeline.detach()  # the sharded modules' own forward, for the evaluation below
         out["fast_step"]["max_abs_probability_difference"] = _prediction_difference(
-            step_model, batches[rank % len(batches)], device)
+            step_model, batches[rank % len(batches)], device, old_kernels)
 
     if spec.mode == BASELINE and cfg.tower_reps > 0:
         out["tower_ms"] = _tower_ms(model, batches, cfg.tower_reps, device)
@@ -255,15 +263,20 @@ def _fused_like(optimizer: torch.optim.Adagrad) -> torch.optim.Adagrad:
                                initial_accumulator_value=group["initial_accumulator_value"], fused=True)
 
 
-def _compare_fast(step, i: int, fast: Dict[str, bool], cfg: QPSConfig, device: torch.device, barrier) -> Dict[str, Any]:
+def _compare_fast(step, i: int, fast: Dict[str, bool], old_kernels: Callable[[bool], None], cfg: QPSConfig,
+                  device: torch.device, barrier) -> Dict[str, Any]:
     """``cfg.windows`` pairs of timed windows, the old step and the fast one interleaved (their
     order alternating from pair to pair, so that a drift of the machine's load hits both alike),
-    after a warm-up window of each. The two paths train the same weights in turn (timing only)."""
+    after a warm-up window of each. The two paths train the same weights in turn (timing only).
+    The old step is that of 2026-12-01: fp32, AdaGrad's loop, and the modules' old kernels
+    (``old_kernels(True)``: APGRU's step loop, amax pooling); the fast one runs under bf16 autocast
+    with the fused AdaGrad and the modules' current kernels."""
     times: Dict[str, List[float]] = {"old": [], "fast": []}
     for pair in range(-1, cfg.windows):
         order = ("old", "fast") if pair % 2 == 0 else ("fast", "old")
         for name in order:
             fast["on"] = name == "fast"
+            old_kernels(name == "old")
             _sync(device)
             barrier()
             t = time.perf_counter()
@@ -274,6 +287,7 @@ def _compare_fast(step, i: int, fast: Dict[str, bool], cfg: QPSConfig, device: t
             if pair >= 0:
                 times[name].append(time.perf_counter() - t)
     fast["on"] = False
+    old_kernels(False)
     barrier()
     return {"old_window_s": times["old"], "fast_window_s": times["fast"]}
 
@@ -304,17 +318,22 @@ def _compare_pipeline(step, plain_step, i: int, cfg: QPSConfig, device: torch.de
 
 
 @torch.no_grad()
-def _prediction_difference(model: nn.Module, batch: Any, device: torch.device) -> float:
-    """max |p_bf16 - p_fp32| of the click probabilities of one batch, same weights, eval mode."""
+def _prediction_difference(model: nn.Module, batch: Any, device: torch.device,
+                           old_kernels: Callable[[bool], None]) -> float:
+    """max |p_fast - p_old| of the click probabilities of one batch, same weights, eval mode: the
+    fast forward (bf16 autocast, current kernels) against the old one (fp32, old kernels)."""
     was = model.training
     model.eval()
     try:
-        p32 = torch.sigmoid(model(batch)[1][1].float())
+        old_kernels(True)
+        p_old = torch.sigmoid(model(batch)[1][1].float())
+        old_kernels(False)
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            p16 = torch.sigmoid(model(batch)[1][1].float())
+            p_fast = torch.sigmoid(model(batch)[1][1].float())
     finally:
+        old_kernels(False)
         model.train(was)
-    return float((p32 - p16).abs().max())
+    return float((p_old - p_fast).abs().max())
 
 
 def _tower_ms(model: nn.Module, batches: Sequence[Any], reps: int, device: torch.device) -> float:

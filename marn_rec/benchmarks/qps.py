@@ -253,9 +253,9 @@ def log_record(rec: Dict[str, Any], log: Log) -> None:
             f"({v['plain_samples_per_s']:.0f} -> {v['pipelined_samples_per_s']:.0f} samples/s)")
     if "fast_step" in rec:
         f = rec["fast_step"]
-        log(f"      fast step (bf16 autocast + fused AdaGrad) / old, interleaved windows: {f['ratio']:.2f}x "
+        log(f"      fast step (bf16 autocast + fused AdaGrad + packed APGRU) / old, interleaved windows: {f['ratio']:.2f}x "
             f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s); "
-            f"max |p_bf16 - p_fp32| {f['max_abs_probability_difference']:.2g}")
+            f"max |p_fast - p_old| {f['max_abs_probability_difference']:.2g}")
     if "floor" in rec:
         from marn_rec.benchmarks.floor import floor_lines
 

@@ -9,12 +9,16 @@ Gate convention, stated once: that of ``torch.nn.GRU``,
 :class:`marn_rec.modules.candidate_attention.CandidateAttention`.
 
 Why a Python loop and not ``nn.GRU``: cuDNN/ATen's fused GRU cannot add ``P_u p_t`` to one gate.
-Input projections of all steps are one matmul before the loop; the loop walks ``unbind`` views
-(indexing ``gi[t]`` would make autograd materialise a full-size gradient per step), and, as
-``nn.GRU`` does with a ``PackedSequence``, runs each step only for the samples still in their
-sequence. That packing reads the lengths on the host, so under FX tracing, ``torch.compile`` and
-``torch.export`` the module runs all ``T`` steps for every sample and masks the finished ones
-instead (same results; tested against each other).
+The eager path packs the sequences as ``nn.GRU``'s ``PackedSequence`` does: samples sorted by
+length, the valid steps gathered time-major into one [S, *] tensor (S = the sum of the lengths),
+so that the input projections of all steps are one matmul over valid steps only, step t is a
+contiguous slice of that tensor (``split``, whose backward is one ``cat``), and the states are
+scattered back to [B, T, H] once. The step loop of 2026-12-01 (``old_step_kernels = True``) projected every
+padded step and sliced, padded and concatenated per step; autograd then materialised a
+full-size gradient for every slice. It stays for one reason: ``benchmarks/qps.py`` times the old
+step beside the new one. The packing reads the lengths on the host, so under FX tracing,
+``torch.compile`` and ``torch.export`` the module runs all ``T`` steps for every sample and masks
+the finished ones instead (same results; the three paths are tested against each other).
 """
 
 import math
@@ -65,6 +69,8 @@ class APGRU(nn.Module):
             else None
         )
         self.reset_parameters()
+        # True: the step loop of 2026-12-01 (see the module's docstring); same results.
+        self.old_step_kernels = False
 
     def reset_parameters(self) -> None:
         # nn.GRU's initialisation.
@@ -97,6 +103,89 @@ class APGRU(nn.Module):
         b, t, _ = inputs.shape
         if t == 0:
             return inputs.new_zeros(b, 0, self.hidden_dim), inputs.new_zeros(b, self.hidden_dim)
+        if self.old_step_kernels:
+            return self._forward_step_slices(inputs, lengths, properties)
+        return self._forward_packed(inputs, lengths, properties)
+
+    def _cell(
+        self,
+        gi_t: torch.Tensor,
+        gp_t: Optional[torch.Tensor],
+        h: torch.Tensor,
+    ) -> torch.Tensor:
+        """One step for the rows of ``h``: ``gi_t`` = W rep_t + b_i, ``gp_t`` = P_u p_t."""
+        x_r, x_u, x_n = gi_t.chunk(3, dim=1)
+        h_r, h_u, h_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
+        r = torch.sigmoid(x_r + h_r)
+        if gp_t is not None:
+            h_u = h_u + gp_t
+        u = torch.sigmoid(x_u + h_u)
+        n_new = torch.tanh(x_n + r * h_n)
+        return n_new + u * (h - n_new)  # (1 - u) * n + u * h
+
+    def _empty(
+        self, inputs: torch.Tensor, gi: torch.Tensor, gp: Optional[torch.Tensor]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """No sample has a behaviour: zeros. Every parameter still enters the graph (with zero
+        gradient): DDP's static graph, DMP's default, expects the same parameters each step."""
+        b, t, _ = inputs.shape
+        h = inputs.new_zeros(b, self.hidden_dim)
+        anchor = gi.sum() + F.linear(h, self.weight_hh, self.bias_hh).sum()
+        if gp is not None:
+            anchor = anchor + gp.sum()
+        return inputs.new_zeros(b, t, self.hidden_dim) + 0 * anchor, h + 0 * anchor
+
+    def _forward_packed(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        properties: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The eager path: valid steps packed time-major, as a ``PackedSequence``."""
+        b, t, _ = inputs.shape
+        lengths = lengths.to(inputs.device).long().clamp(0, t)
+        sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
+        steps = torch.arange(t, device=inputs.device)
+        running = sorted_lengths.unsqueeze(0) > steps.unsqueeze(1)  # [T, B]: step t, sorted rank j
+        batch_sizes = [n for n in running.sum(1).tolist() if n > 0]
+        # Row of (step t, rank j) in inputs viewed as [B * T, *], time-major over valid steps.
+        rows = (order.unsqueeze(0) * t + steps.unsqueeze(1))[running]  # [S]
+        gi = F.linear(inputs.reshape(b * t, -1).index_select(0, rows), self.weight_ih, self.bias_ih)
+        gp = (
+            F.linear(properties.reshape(b * t, -1).index_select(0, rows), self.weight_ph)
+            if properties is not None
+            else None
+        )
+        if not batch_sizes:
+            return self._empty(inputs, gi, gp)
+        # Sorted by length, the samples still running at step t are the first n_t rows of step
+        # t - 1's state.
+        h = inputs.new_zeros(batch_sizes[0], self.hidden_dim)
+        packed_states = []
+        gp_steps = gp.split(batch_sizes) if gp is not None else [None] * len(batch_sizes)
+        for gi_t, gp_t, n in zip(gi.split(batch_sizes), gp_steps, batch_sizes):
+            h = self._cell(gi_t, gp_t, h if h.shape[0] == n else h[:n])
+            packed_states.append(h)
+        packed = torch.cat(packed_states)  # [S, H]
+        states = packed.new_zeros(b * t, self.hidden_dim).index_copy(0, rows, packed)
+        # Each sample's last state is its row at step length - 1: offset of that step plus the
+        # sample's rank. A sample without behaviours keeps the zero state.
+        offsets = torch.tensor([0] + batch_sizes[:-1], device=inputs.device).cumsum(0)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(b, device=order.device)
+        nonempty = lengths > 0
+        last_row = torch.where(nonempty, offsets[(lengths - 1).clamp_min(0)] + rank, 0)
+        last = packed.index_select(0, last_row) * nonempty.unsqueeze(1).to(packed.dtype)
+        return states.view(b, t, self.hidden_dim), last
+
+    def _forward_step_slices(
+        self,
+        inputs: torch.Tensor,
+        lengths: torch.Tensor,
+        properties: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The step loop of 2026-12-01 (``old_step_kernels``), kept for the benchmark's old step."""
+        b, t, _ = inputs.shape
         # Like a PackedSequence: samples sorted by length, so that step t updates only the first
         # n_t rows (the samples still running) and padding costs no compute.
         sorted_lengths, order = torch.sort(lengths, descending=True, stable=True)
@@ -117,15 +206,11 @@ class APGRU(nn.Module):
         for gi_t, gp_t, n in zip(gi.unbind(0), gp, batch_sizes):
             if n == 0:
                 break
-            h_run = h if n == b else h[:n]
-            x_r, x_u, x_n = (gi_t if n == b else gi_t[:n]).chunk(3, dim=1)
-            h_r, h_u, h_n = F.linear(h_run, self.weight_hh, self.bias_hh).chunk(3, dim=1)
-            r = torch.sigmoid(x_r + h_r)
-            if gp_t is not None:
-                h_u = h_u + (gp_t if n == b else gp_t[:n])
-            u = torch.sigmoid(x_u + h_u)
-            n_new = torch.tanh(x_n + r * h_n)
-            h_new = n_new + u * (h_run - n_new)  # (1 - u) * n + u * h
+            h_new = self._cell(
+                gi_t if n == b else gi_t[:n],
+                None if gp_t is None else (gp_t if n == b else gp_t[:n]),
+                h if n == b else h[:n],
+            )
             if n == b:
                 states.append(h_new)
                 h = h_new
@@ -133,12 +218,7 @@ class APGRU(nn.Module):
                 states.append(F.pad(h_new, (0, 0, 0, b - n)))
                 h = torch.cat([h_new, h[n:]])
         if not states:
-            # No sample has a behaviour. Every parameter still enters the graph (with zero
-            # gradient): DDP's static graph, DMP's default, expects the same parameters each step.
-            anchor = gi.sum() + F.linear(h, self.weight_hh, self.bias_hh).sum()
-            if p is not None:
-                anchor = anchor + torch.stack(list(gp)).sum()
-            return inputs.new_zeros(b, t, self.hidden_dim) + 0 * anchor, h + 0 * anchor
+            return self._empty(inputs, gi, torch.stack(list(gp)) if p is not None else None)
         out = torch.stack(states, dim=1)
         if out.shape[1] < t:
             out = F.pad(out, (0, 0, 0, t - out.shape[1]))
@@ -164,14 +244,7 @@ class APGRU(nn.Module):
         h = torch.zeros_like(gi[:, 0, : self.hidden_dim])
         states = []
         for step in range(t):
-            x_r, x_u, x_n = gi[:, step].chunk(3, dim=1)
-            h_r, h_u, h_n = F.linear(h, self.weight_hh, self.bias_hh).chunk(3, dim=1)
-            r = torch.sigmoid(x_r + h_r)
-            if gp is not None:
-                h_u = h_u + gp[:, step]
-            u = torch.sigmoid(x_u + h_u)
-            n_new = torch.tanh(x_n + r * h_n)
-            h_new = n_new + u * (h - n_new)
+            h_new = self._cell(gi[:, step], gp[:, step] if gp is not None else None, h)
             valid = (lengths > step).unsqueeze(1)
             h = torch.where(valid, h_new, h)
             states.append(torch.where(valid, h_new, torch.zeros_like(h_new)))

@@ -80,6 +80,13 @@ def modality_cross_entropy(
     return item_mean(per_item, item_weights)
 
 
+def max_pool(x: torch.Tensor, old_step_kernels: bool = False) -> torch.Tensor:
+    """``max_m`` over dim 1 of [U, M, d] ``x`` (eq. 7's pooling). ``max``'s backward routes the
+    gradient through the argmax alone; ``amax`` (the kernel of 2026-12-01, ``old_step_kernels``)
+    splits it over ties at a pass more over ``x``. Ties aside, which have measure zero, they agree."""
+    return x.amax(dim=1) if old_step_kernels else x.max(dim=1).values
+
+
 def _accuracy(logits: torch.Tensor, item_weights: Optional[torch.Tensor]) -> torch.Tensor:
     """Share of (item, modality) pairs whose argmax is their modality (items slot-weighted)."""
     u, m, _ = logits.shape
@@ -131,6 +138,8 @@ class DoubleDiscriminatorAdversarial(nn.Module):
         self.d0 = nn.Linear(hidden_dim, num_modalities, device=device)
         # D1's discriminating matrix, used by Ds as well (3.3.3).
         self.d1 = nn.Linear(hidden_dim, num_modalities, device=device)
+        # True: amax pooling of c, as on 2026-12-01 (see :func:`max_pool`).
+        self.old_step_kernels = False
 
     def forward(
         self,
@@ -167,7 +176,7 @@ class DoubleDiscriminatorAdversarial(nn.Module):
         if specific_detached is not None:
             ds_logits = self.d1(specific_detached)
             losses["ds"] = modality_cross_entropy(ds_logits, item_weights)
-        c = (weights.unsqueeze(-1) * invariant).amax(dim=1)
+        c = max_pool(weights.unsqueeze(-1) * invariant, self.old_step_kernels)
         diag: Dict[str, torch.Tensor] = {}
         if diagnostics:
             with torch.no_grad():
@@ -197,6 +206,8 @@ class ModalityAdversarial(nn.Module):
     ) -> None:
         super().__init__()
         self.d1 = nn.Linear(hidden_dim, num_modalities, device=device)
+        # True: amax pooling of c, as on 2026-12-01 (see :func:`max_pool`).
+        self.old_step_kernels = False
 
     def forward(
         self,
@@ -225,4 +236,4 @@ class ModalityAdversarial(nn.Module):
                 d1_logits = d1_logits.detach()
                 diag["d1_accuracy"] = _accuracy(d1_logits, item_weights)
                 diag["d1_ce"] = modality_cross_entropy(d1_logits, item_weights)
-        return AdversarialOutput(invariant.amax(dim=1), losses, ones, diag)
+        return AdversarialOutput(max_pool(invariant, self.old_step_kernels), losses, ones, diag)
