@@ -26,8 +26,8 @@ Speed and scale adds: sharded runs stepped by TorchRec's ``TrainPipelineSparseDi
 ``--interleave-pipeline``, timed against a plain-loop twin in interleaved windows), fp16 tables
 (``--table-dtype``), a memory cap (``--memory-budget-gib``), the compute floor of a step (``floor``:
 FLOPs per component, GEMM rate, time / floor) and the fast step against the old one
-(``--fast-step``: bf16 autocast, fused dense AdaGrad and the packed APGRU against the step of
-2026-12-01, interleaved windows).
+(``--fast-step``: bf16 autocast, fused dense AdaGrad and the modules' kernels of 2026-12-02 against
+the step of 2026-12-01, interleaved windows).
 
 Modules: ``config`` (modes, options, one run), ``machine`` (machine facts, RSS readings),
 ``plans`` (sharding plans, embedding bytes per rank), ``memory`` (peak prediction against the

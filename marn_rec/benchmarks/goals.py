@@ -323,7 +323,8 @@ def goal_lines(goals: Dict[str, Any]) -> List[str]:
             f"ratio fast/old step samples/s [{f['label']}, num_items={f['num_items']:,}"
             f"{'' if f['dedup'] else ', per-slot'}]: {f['ratio']:.2f}x, interleaved windows "
             f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s; bf16 autocast + fused "
-            f"AdaGrad + packed APGRU; max |p_fast - p_old| {f['max_abs_probability_difference']:.2g}) "
+            f"AdaGrad + new kernels; |p_fast - p_old| max {f['max_abs_probability_difference']:.2g}, "
+            f"mean {f.get('mean_abs_probability_difference', float('nan')):.2g}) "
             f"(goal >= {GOAL_FAST_STEP}x: {verdict(f['ratio'] >= GOAL_FAST_STEP)})"
         )
     f = goals.get("floor")
