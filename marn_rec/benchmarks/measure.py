@@ -83,7 +83,7 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
     t0 = time.perf_counter()
     out: Dict[str, Any] = {"rank": rank, "threads": torch.get_num_threads(), "peak_reset": peak_reset}
     # ``fast``: the fast step (bf16 autocast forward, fused dense AdaGrad) instead of the old one
-    # (which also runs APGRU's old step loop: ``old_kernels`` below);
+    # (which also runs the modules' kernels of 2026-12-01: ``old_kernels`` below);
     # switched between timed windows when ``cfg.fast_step`` compares the two.
     fast = {"on": False}
     fast_step = cfg.fast_step_at(spec.num_items, spec.dedup)
@@ -321,8 +321,9 @@ def _prediction_difference(model: nn.Module, batch: Any, device: torch.device,
                            old_kernels: Callable[[bool], None]) -> Dict[str, float]:
     """max and mean |p_fast - p_old| of the click probabilities of one batch, same weights, eval
     mode: the fast forward (bf16 autocast, current kernels) against the old one (fp32, old
-    kernels). The kernels agree exactly in fp32 (tested); the difference is bf16's, and its max
-    over a batch is one sample's (up to 0.1 on trained weights), hence the mean beside it."""
+    kernels). The kernels agree in fp32 (tested; to the last bit on the trained models measured),
+    so the difference is bf16's; its max over a batch is one sample's (up to 0.1 on trained
+    weights), hence the mean beside it."""
     was = model.training
     model.eval()
     try:
