@@ -148,11 +148,21 @@ class APGRU(nn.Module):
         steps = torch.arange(t, device=inputs.device)
         running = sorted_lengths.unsqueeze(0) > steps.unsqueeze(1)  # [T, B]: step t, sorted rank j
         batch_sizes = [n for n in running.sum(1).tolist() if n > 0]
+        # Without padding (every sample runs all T steps) packing is a transpose, which costs less
+        # than a gather and a scatter (and whose backward is no scatter-add).
+        full = len(batch_sizes) == t and batch_sizes[-1] == b
         # Row of (step t, rank j) in inputs viewed as [B * T, *], time-major over valid steps.
         rows = (order.unsqueeze(0) * t + steps.unsqueeze(1))[running]  # [S]
-        gi = F.linear(inputs.reshape(b * t, -1).index_select(0, rows), self.weight_ih, self.bias_ih)
+
+        def pack(x: torch.Tensor) -> torch.Tensor:
+            if full:  # the stable sort of equal lengths is the identity: a time-major view
+                return x.transpose(0, 1)
+            return x.reshape(b * t, -1).index_select(0, rows)
+
+        # (linear over the time-major view writes a contiguous [T, B, *]: the reshape is a view)
+        gi = F.linear(pack(inputs), self.weight_ih, self.bias_ih).reshape(-1, 3 * self.hidden_dim)
         gp = (
-            F.linear(properties.reshape(b * t, -1).index_select(0, rows), self.weight_ph)
+            F.linear(pack(properties), self.weight_ph).reshape(-1, self.hidden_dim)
             if properties is not None
             else None
         )
@@ -166,6 +176,8 @@ class APGRU(nn.Module):
         for gi_t, gp_t, n in zip(gi.split(batch_sizes), gp_steps, batch_sizes):
             h = self._cell(gi_t, gp_t, h if h.shape[0] == n else h[:n])
             packed_states.append(h)
+        if full:
+            return torch.stack(packed_states, dim=1), h
         packed = torch.cat(packed_states)  # [S, H]
         states = packed.new_zeros(b * t, self.hidden_dim).index_copy(0, rows, packed)
         # Each sample's last state is its row at step length - 1: offset of that step plus the
