@@ -16,9 +16,10 @@ contiguous slice of that tensor (``split``, whose backward is one ``cat``), and 
 scattered back to [B, T, H] once (without padding, packing is a transpose). The step loop of
 2026-12-01 (``old_step_kernels = True``) projected every padded step and sliced, padded and
 concatenated per step; autograd then materialised a full-size gradient for every slice. It stays
-for one reason: ``benchmarks/qps.py`` times the old step beside the new one. The packing reads the lengths on the host, so under FX tracing,
-``torch.compile`` and ``torch.export`` the module runs all ``T`` steps for every sample and masks
-the finished ones instead (same results; the three paths are tested against each other).
+for one reason: ``benchmarks/qps.py`` times the old step beside the new one. The packing reads the
+lengths on the host, so under FX tracing, ``torch.compile`` and ``torch.export`` the module runs
+all ``T`` steps for every sample and masks the finished ones instead (same results; the three
+paths are tested against each other).
 """
 
 import math
