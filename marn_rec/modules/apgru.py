@@ -153,7 +153,7 @@ class APGRU(nn.Module):
         # than a gather and a scatter (and whose backward is no scatter-add).
         full = len(batch_sizes) == t and batch_sizes[-1] == b
         # Row of (step t, rank j) in inputs viewed as [B * T, *], time-major over valid steps.
-        rows = (order.unsqueeze(0) * t + steps.unsqueeze(1))[running]  # [S]
+        rows = None if full else (order.unsqueeze(0) * t + steps.unsqueeze(1))[running]  # [S]
 
         def pack(x: torch.Tensor) -> torch.Tensor:
             if full:  # the stable sort of equal lengths is the identity: a time-major view

@@ -63,37 +63,27 @@ class TitleCNN(nn.Module):
         h = words.shape[1]
         x = words.transpose(1, 2)  # Conv1d wants channels first.
         lengths = lengths.to(words.device).long().clamp(0, h)
-        if not self.old_step_kernels:
-            return self._pool(x, lengths)
-        nonempty = (lengths > 0).to(words.dtype).unsqueeze(1)  # [U, 1]
-        pooled = []
-        for w, conv in zip(self.windows, self.convs):
-            y = torch.relu(conv(x))  # [U, filters, h - w + 1]
-            # Window t covers words t .. t + w - 1: inside the title when t <= L - w; a title
-            # shorter than w keeps window 0. (Masked entries become 0, which never exceeds a ReLU
-            # output, so the max is the max over the windows inside the title.)
-            starts = torch.arange(y.shape[2], device=words.device)
-            last = (lengths - w).clamp_min(0)
-            inside = starts.unsqueeze(0) <= last.unsqueeze(1)  # [U, h - w + 1]
-            y = y * inside.unsqueeze(1).to(y.dtype)
-            pooled.append(y.amax(dim=2) * nonempty)
-        return torch.cat(pooled, dim=1)
-
-    def _pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Conv, ReLU, masked max over time for [U, word_dim, h] ``x`` (see ``forward``)."""
-        if not is_tracing() and torch.is_autocast_enabled(x.device.type):
+        old = self.old_step_kernels
+        if not old and not is_tracing() and torch.is_autocast_enabled(x.device.type):
             # One cast for the three convolutions instead of one each.
             x = x.to(torch.get_autocast_dtype(x.device.type))
         pooled = []
         for w, conv in zip(self.windows, self.convs):
             y = torch.relu(conv(x))  # [U, filters, h - w + 1]
-            # Window t is inside the title when t <= L - w (a title shorter than w keeps window
-            # 0); an empty title keeps none (last = -1), so its output is 0. A masked entry is 0,
-            # which never exceeds a ReLU output. max, not amax: its backward routes the gradient
-            # through the argmax alone (amax splits it over ties, a pass more over y); ties of
-            # positive values aside, which have measure zero, both are the same.
-            starts = torch.arange(y.shape[2], device=x.device)
-            last = torch.where(lengths > 0, (lengths - w).clamp_min(0), -1)
-            inside = starts.unsqueeze(0) <= last.unsqueeze(1)  # [U, h - w + 1]
-            pooled.append((y * inside.unsqueeze(1).to(y.dtype)).max(dim=2).values)
+            # Window t covers words t .. t + w - 1: inside the title when t <= L - w; a title
+            # shorter than w keeps window 0, an empty title none (last = -1: its output is 0).
+            # Masked entries become 0, which never exceeds a ReLU output, so the max is the max
+            # over the windows inside the title.
+            starts = torch.arange(y.shape[2], device=words.device)
+            last = (lengths - w).clamp_min(0)
+            if not old:  # (the old kernels masked empty titles apart, after the max)
+                last = torch.where(lengths > 0, last, -1)
+            y = y * (starts.unsqueeze(0) <= last.unsqueeze(1)).unsqueeze(1).to(y.dtype)
+            if old:
+                pooled.append(y.amax(dim=2) * (lengths > 0).to(words.dtype).unsqueeze(1))
+            else:
+                # max, not amax: its backward routes the gradient through the argmax alone (amax
+                # splits it over ties, a pass more over y); ties of positive values aside, which
+                # have measure zero, both are the same.
+                pooled.append(y.max(dim=2).values)
         return torch.cat(pooled, dim=1)
