@@ -92,6 +92,10 @@ def parser() -> CheckedArgumentParser:
                    default=TrainConfig.attention_initial_accumulator,
                    help="the same for APGRU's candidate attention of every run (default 0: plain "
                         "AdaGrad)")
+    p.add_argument("--fusion-initial-accumulator", type=float,
+                   default=TrainConfig.fusion_initial_accumulator,
+                   help="the same for MAF's attention (eq. 3) of every run (default: as the other "
+                        "dense parameters)")
     p.add_argument("--cold-item-dropout", type=float, default=TrainConfig.cold_item_dropout, metavar="P",
                    help="with --data: every run shows each item of a training batch with probability P "
                         "as one the training period never observed (DropoutNet; default: never)")
@@ -136,10 +140,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         p.error(f"--lr must be a number > 0, got {a.learning_rate}")
     if problem := initial_accumulator_problem(a.dense_initial_accumulator):
         p.error(f"--dense-initial-accumulator {problem}")
-    if a.attention_initial_accumulator is not None and (
-        problem := initial_accumulator_problem(a.attention_initial_accumulator)
-    ):
-        p.error(f"--attention-initial-accumulator {problem}")
+    for flag in ("attention", "fusion"):
+        value = getattr(a, f"{flag}_initial_accumulator")
+        if value is not None and (problem := initial_accumulator_problem(value)):
+            p.error(f"--{flag}-initial-accumulator {problem}")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
     if problem := cold_item_dropout_problem(a.cold_item_dropout):
@@ -183,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            data_overrides=overrides, recall_at=TABLE5_RECALL_AT,
                            table_dtype=a.table_dtype, dense_initial_accumulator=a.dense_initial_accumulator,
                            attention_initial_accumulator=a.attention_initial_accumulator,
+                           fusion_initial_accumulator=a.fusion_initial_accumulator,
                            cold_item_dropout=a.cold_item_dropout)
         try:
             models, skipped = applicable_models(base, a.models)

@@ -156,3 +156,36 @@ def test_attention_initial_accumulator_sets_only_the_candidate_attention_sums(tm
     assert parse_train_args(args[:2]).attention_initial_accumulator == 0.0 == TrainConfig().attention_initial_accumulator
     with pytest.raises(SystemExit):
         parse_train_args(args + ["nan"])
+
+
+def test_fusion_initial_accumulator_sets_only_the_maf_attention_sums(tmp_path: Path) -> None:
+    """--fusion-initial-accumulator (default None: as the other dense parameters) starts MAF's
+    attention (eq. 3) at its own AdaGrad sums, beside the candidate attention's; validated in the
+    config and on the command line."""
+    from marn_rec.training.sharding import (
+        candidate_attention_parameters,
+        fusion_attention_parameters,
+        training_optimizer,
+    )
+
+    model = MARNTrain(MARN(tiny()))
+    fusion = {id(p) for p in fusion_attention_parameters(model)}
+    assert fusion == {id(p) for p in model.model.tower.fusion.parameters()} and fusion
+    attention = {id(p) for p in candidate_attention_parameters(model)}
+    for value in (None, 0.0, 0.02):
+        opt = training_optimizer(model, initial_accumulator_value=0.1, attention_initial_accumulator=0.0,
+                                 fusion_initial_accumulator=value)
+        sums = {id(p): s["sum"] for p, s in opt.state.items() if "sum" in s}
+        assert fusion <= set(sums) and len(sums) > len(fusion) + len(attention)
+        for key, s in sums.items():
+            expected = 0.0 if key in attention else 0.1 if key not in fusion or value is None else value
+            assert torch.all(s == expected), (key in fusion, value)
+
+    assert TrainConfig().fusion_initial_accumulator is None
+    with pytest.raises(ValueError, match="fusion_initial_accumulator"):
+        TrainConfig(preset="tiny", fusion_initial_accumulator=float("inf"))
+    args = ["--out-dir", str(tmp_path), "--fusion-initial-accumulator"]
+    assert parse_train_args(args + ["0"]).fusion_initial_accumulator == 0.0
+    assert parse_train_args(args[:2]).fusion_initial_accumulator is None
+    with pytest.raises(SystemExit):
+        parse_train_args(args + ["-1"])

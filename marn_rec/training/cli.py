@@ -208,6 +208,9 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
     p.add_argument("--attention-initial-accumulator", type=float, default=d.attention_initial_accumulator,
                    help="the same for APGRU's candidate attention alone (default 0: plain "
                         "AdaGrad, whose step does not depend on the gradient's scale)")
+    p.add_argument("--fusion-initial-accumulator", type=float, default=d.fusion_initial_accumulator,
+                   help="the same for MAF's attention (eq. 3) alone (default: as the other dense "
+                        "parameters)")
     p.add_argument("--cold-item-dropout", type=float, default=d.cold_item_dropout, metavar="P",
                    help="with --data: show each item of a training batch with probability P as one "
                         "the training period never observed (item_id out of vocabulary, its "
@@ -247,10 +250,10 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
         return f"--lr must be a finite number > 0, got {a.learning_rate}"
     if problem := initial_accumulator_problem(a.dense_initial_accumulator):
         return f"--dense-initial-accumulator {problem}"
-    if a.attention_initial_accumulator is not None and (
-        problem := initial_accumulator_problem(a.attention_initial_accumulator)
-    ):
-        return f"--attention-initial-accumulator {problem}"
+    for flag in ("attention", "fusion"):
+        value = getattr(a, f"{flag}_initial_accumulator")
+        if value is not None and (problem := initial_accumulator_problem(value)):
+            return f"--{flag}-initial-accumulator {problem}"
     if problem := cold_item_dropout_problem(a.cold_item_dropout):
         return f"--cold-item-dropout {problem}"
     if a.cold_item_dropout and not a.data_dir:

@@ -114,6 +114,8 @@ class TrainConfig:
             AdaGrad, whose step does not depend on the gradient's scale); None: as the other dense
             parameters. Checkpoints from before the field (which ran as None) are accepted at the
             default and resume exactly: the optimizer's sums come from the checkpoint.
+        fusion_initial_accumulator: the same for MAF's attention (eq. 3) alone; None (default): as
+            the other dense parameters.
         cold_item_dropout: 0 (not in the paper). With ``data_dir``, each item of a training batch
             is shown with this probability as an item the training period never observed (its
             ``item_id`` out of vocabulary, its training-period counts missing), so that the model
@@ -148,6 +150,7 @@ class TrainConfig:
     fused_optimizer: bool = False
     dense_initial_accumulator: float = ADAGRAD_INITIAL_ACCUMULATOR
     attention_initial_accumulator: Optional[float] = ATTENTION_INITIAL_ACCUMULATOR
+    fusion_initial_accumulator: Optional[float] = None
     cold_item_dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -164,9 +167,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if problem := initial_accumulator_problem(self.dense_initial_accumulator):
             raise ValueError(f"dense_initial_accumulator {problem}")
-        a = self.attention_initial_accumulator
-        if a is not None and (problem := initial_accumulator_problem(a)):
-            raise ValueError(f"attention_initial_accumulator (or None) {problem}")
+        for name in ("attention_initial_accumulator", "fusion_initial_accumulator"):
+            a = getattr(self, name)
+            if a is not None and (problem := initial_accumulator_problem(a)):
+                raise ValueError(f"{name} (or None) {problem}")
         if problem := cold_item_dropout_problem(self.cold_item_dropout):
             raise ValueError(f"cold_item_dropout {problem}")
         if self.cold_item_dropout and not self.data_dir:
@@ -318,7 +322,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
     optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer,
                                    initial_accumulator_value=cfg.dense_initial_accumulator,
-                                   attention_initial_accumulator=cfg.attention_initial_accumulator)
+                                   attention_initial_accumulator=cfg.attention_initial_accumulator,
+                                   fusion_initial_accumulator=cfg.fusion_initial_accumulator)
     forward_in = lambda: forward_context(device, cfg.dense_dtype)  # noqa: E731
     forward_in()  # refuses bf16 without native support, before anything is trained
     if rank == 0:

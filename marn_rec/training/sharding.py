@@ -26,6 +26,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from marn_rec.modules.candidate_attention import CandidateAttention
+from marn_rec.modules.maf import MultimodalAttentionFusion
 
 # FBGEMM's row-wise AdaGrad default; set explicitly so the unsharded reference matches it.
 ADAGRAD_EPS = 1e-8
@@ -130,6 +131,20 @@ def candidate_attention_parameters(model: nn.Module) -> List[nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, CandidateAttention) for p in m.parameters()]
 
 
+def fusion_attention_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The parameters of MAF's attention (eq. 3: ``W_m``, ``b_m``) in ``model``."""
+    return [p for m in model.modules() if isinstance(m, MultimodalAttentionFusion) for p in m.parameters()]
+
+
+def _start_sums(dense: KeyedOptimizerWrapper, params: List[nn.Parameter], value: Optional[float]) -> None:
+    """AdaGrad's summed squared gradients of ``params`` start at ``value`` (None: unchanged)."""
+    if value is None:
+        return
+    for p in params:
+        if p in dense.state and "sum" in dense.state[p]:
+            dense.state[p]["sum"].fill_(value)
+
+
 def training_optimizer(
     model: nn.Module,
     lr: float = 0.1,
@@ -137,6 +152,7 @@ def training_optimizer(
     fused: bool = False,
     initial_accumulator_value: Optional[float] = None,
     attention_initial_accumulator: Optional[float] = ATTENTION_INITIAL_ACCUMULATOR,
+    fusion_initial_accumulator: Optional[float] = None,
 ) -> CombinedOptimizer:
     """One optimizer over everything: the fused table optimizer (sharded models) and dense AdaGrad.
 
@@ -147,7 +163,9 @@ def training_optimizer(
     ``initial_accumulator_value``: the dense AdaGrad's (default :data:`ADAGRAD_INITIAL_ACCUMULATOR`).
     ``attention_initial_accumulator``: the same for the parameters of every
     :class:`~marn_rec.modules.candidate_attention.CandidateAttention` (default
-    :data:`ATTENTION_INITIAL_ACCUMULATOR`; None: as the other dense ones). Only the starting sums
+    :data:`ATTENTION_INITIAL_ACCUMULATOR`; None: as the other dense ones).
+    ``fusion_initial_accumulator``: the same for MAF's attention (eq. 3; default None: as the
+    other dense ones; benchmarks/RESULTS.md, "MAF's attention from 0"). Only the starting sums
     differ: the optimizer, its groups and its checkpointed state keep their shape, so checkpoints
     from either setting load into the other.
     """
@@ -155,10 +173,8 @@ def training_optimizer(
     if initial_accumulator_value is not None:
         kwargs["initial_accumulator_value"] = initial_accumulator_value
     dense = dense_optimizer(model, lr, optimizer_class, **kwargs)
-    if attention_initial_accumulator is not None:
-        for p in candidate_attention_parameters(model):
-            if p in dense.state and "sum" in dense.state[p]:
-                dense.state[p]["sum"].fill_(attention_initial_accumulator)
+    _start_sums(dense, candidate_attention_parameters(model), attention_initial_accumulator)
+    _start_sums(dense, fusion_attention_parameters(model), fusion_initial_accumulator)
     optimizers = [("dense", dense)]
     if isinstance(model, DistributedModelParallel):
         optimizers.insert(0, ("sparse", model.fused_optimizer))
