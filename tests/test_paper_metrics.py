@@ -319,6 +319,41 @@ def test_attention_norms_at_initialisation_are_those_of_conc() -> None:
                                     data.catalog.features, ids, groups, 3)
 
 
+def test_linear_probe_accuracy_reads_what_a_linear_map_can() -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (3000,), generator=g)
+    centres = torch.randn(3, 5, generator=g) * 3
+    noise = torch.randn(3000, 5, generator=g)
+    # Classes at separated centres: a linear read-out tells them apart.
+    assert figures.linear_probe_accuracy(centres[labels] + noise, labels, 3) > 0.9
+    # Features independent of the class: chance, whatever the fit does on its own rows.
+    assert abs(figures.linear_probe_accuracy(noise, labels, 3) - 1 / 3) < 0.05
+    # Classes that differ only in a feature's magnitude, not linearly (XOR-like): no better.
+    sign = torch.where(labels == 0, 1.0, -1.0)
+    xor = torch.stack([noise[:, 0], noise[:, 0].abs() * sign], 1) * noise[:, 1:2].sign()
+    assert figures.linear_probe_accuracy(xor, (labels == 0).long(), 2) < 0.72
+    with pytest.raises(ValueError, match="rows"):
+        figures.linear_probe_accuracy(noise[:1], labels[:1], 3)
+
+
+def test_modality_group_probe_sees_the_group_where_the_image_shows_it() -> None:
+    """The probe of Figure 4: per modality, can a linear map of s_m alone (eq. 3's gate) tell the
+    category groups apart? With the image showing its group (image_group_weight), the image's can."""
+    cfg = tiny()
+    for weight in (0.0, 3.0):
+        data = SyntheticTaobao(SyntheticTaobaoConfig.from_model_config(
+            cfg, batch_size=8, image_group_weight=weight, max_catalog_items=3000))
+        tower = MARN(cfg).tower
+        ids, groups = figures.items_by_group(data.catalog, per_group=400)
+        probe = figures.modality_group_probe(tower, data.catalog.features, ids, groups, 3, chunk=256)
+        assert set(probe) == set(cfg.tower.modalities) | {"chance"}
+        assert probe["chance"] == pytest.approx(float(torch.bincount(groups).max()) / groups.numel())
+        if weight:
+            assert probe["image"] > 0.9
+        else:
+            assert probe["image"] < 0.7
+
+
 def test_figure_plots_write_pngs(tmp_path) -> None:
     path = tmp_path / "metrics.jsonl"
     records = [{"step": s, "split": "train", "lambda": 0.01 * s, "total_loss": 1.0 / s,

@@ -507,7 +507,7 @@ def test_cold_set_config_is_checked() -> None:
 @pytest.mark.parametrize(
     "knobs",
     [dict(missing_image_prob=0.2, uninformative_image_prob=0.3), dict(generic_title_prob=0.4),
-     dict(cold_empty_statistics_prob=0.8), dict(shared_view_weight=0.0)],
+     dict(cold_empty_statistics_prob=0.8), dict(shared_view_weight=0.0), dict(image_group_weight=1.0)],
 )
 def test_quality_knobs_change_views_only(small_data: SyntheticTaobao, knobs) -> None:
     data = SyntheticTaobao(replace(small_data.config, batch_size=128, **knobs))
@@ -558,6 +558,17 @@ def test_quality_knobs_change_views_only(small_data: SyntheticTaobao, knobs) -> 
         ref_x = torch.cat([ref.images(ranks), torch.ones(3000, 1)], 1)
         ref_fit = torch.linalg.lstsq(ref_x[:2000], ref.shared[ranks][:2000]).solution
         assert corr((ref_x[2000:] @ ref_fit)[:, 0], ref.shared[ranks][2000:, 0]) > 0.6
+    if "image_group_weight" in knobs:
+        # The group becomes readable from the image by a linear map; by default it barely is.
+        group = cat.category_group[cat.category[ranks]]
+        target = torch.nn.functional.one_hot(group, 3).float()
+
+        def probe_accuracy(images: torch.Tensor) -> float:
+            x = torch.cat([images, torch.ones(3000, 1)], 1)
+            fit = torch.linalg.lstsq(x[:2000], target[:2000]).solution
+            return float(((x[2000:] @ fit).argmax(1) == group[2000:]).float().mean())
+
+        assert probe_accuracy(cat.images(ranks)) > 0.8 > 0.6 > probe_accuracy(ref.images(ranks))
 
 
 def test_quality_knobs_are_checked() -> None:
@@ -566,6 +577,7 @@ def test_quality_knobs_are_checked() -> None:
         (dict(missing_image_prob=1.5), "missing_image_prob"),
         (dict(missing_image_prob=0.6, uninformative_image_prob=0.6), "uninformative_image_prob"),
         (dict(shared_view_weight=-1.0), "shared_view_weight"),
+        (dict(image_group_weight=float("nan")), "image_group_weight"),
     ):
         with pytest.raises(ValueError, match=message):
             SyntheticTaobaoConfig.from_model_config(cfg, **overrides)

@@ -26,7 +26,7 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -74,20 +74,63 @@ def maf_attention_norms(
     if not isinstance(fusion, MultimodalAttentionFusion):
         raise ValueError("Figure 4 needs a tower with MAF (fusion='maf'); this one has "
                          f"{type(fusion).__name__}")
-    was_training = tower.training
-    tower.eval()
     m = len(tower.config.modalities)
     sums = torch.zeros(num_groups, m, dtype=torch.float64)
     counts = torch.zeros(num_groups, dtype=torch.float64)
+    for specific, grp in zip(_specific_features(tower, item_features, item_ids, chunk), groups.split(chunk)):
+        atten = fusion.weights(specific)  # [U, M, d]
+        sums.index_add_(0, grp.long(), atten.norm(dim=2).double().cpu())
+        counts.index_add_(0, grp.long(), torch.ones(grp.numel(), dtype=torch.float64))
+    return (sums / counts[:, None]).float()
+
+
+@torch.no_grad()
+def _specific_features(tower: torch.nn.Module, item_features: Callable[[torch.Tensor], ItemFeatures],
+                       item_ids: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
+    """The tower's modality-specific features ``s_m`` ([chunk, M, d], eval mode) of ``item_ids``."""
+    was_training = tower.training
+    tower.eval()
     try:
-        for ids, grp in zip(item_ids.split(chunk), groups.split(chunk)):
-            e = tower.embedding(*_tower_inputs(item_features(ids)))
-            atten = fusion.weights(tower.projection.specific(e))  # [U, M, d]
-            sums.index_add_(0, grp.long(), atten.norm(dim=2).double().cpu())
-            counts.index_add_(0, grp.long(), torch.ones(grp.numel(), dtype=torch.float64))
+        for ids in item_ids.split(chunk):
+            yield tower.projection.specific(tower.embedding(*_tower_inputs(item_features(ids))))
     finally:
         tower.train(was_training)
-    return (sums / counts[:, None]).float()
+
+
+def linear_probe_accuracy(x: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                          train_share: float = 0.7, seed: int = 0) -> float:
+    """Held-out accuracy of a least-squares linear read-out (one-hot targets, a bias) of
+    ``labels`` [N] from ``x`` [N, k], fitted on a random ``train_share`` of the rows."""
+    n = labels.numel()
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit_rows, test_rows = order[: int(train_share * n)], order[int(train_share * n):]
+    if fit_rows.numel() == 0 or test_rows.numel() == 0:
+        raise ValueError(f"a probe needs rows to fit and to test; got {n} rows")
+    design = torch.cat([x.double(), torch.ones(n, 1, dtype=torch.float64)], 1)
+    target = torch.nn.functional.one_hot(labels.long(), num_classes).double()
+    weights = torch.linalg.lstsq(design[fit_rows], target[fit_rows]).solution
+    return float(((design[test_rows] @ weights).argmax(1) == labels[test_rows]).double().mean())
+
+
+def modality_group_probe(
+    tower: torch.nn.Module,
+    item_features: Callable[[torch.Tensor], ItemFeatures],
+    item_ids: torch.Tensor,
+    groups: torch.Tensor,
+    num_groups: int,
+    chunk: int = 2048,
+) -> Dict[str, float]:
+    """Per modality, how well a linear map of ``s_m`` alone tells the items' groups apart (held-out
+    accuracy of :func:`linear_probe_accuracy`), and ``"chance"``, the largest group's share.
+
+    Eq. 3 computes modality m's gate from ``s_m`` alone, through a linear map and tanh: a gate can
+    weigh its modality per group (the paper's Figure 4) only as far as ``s_m`` shows the group.
+    """
+    specific = torch.cat(list(_specific_features(tower, item_features, item_ids, chunk)))
+    out = {name: linear_probe_accuracy(specific[:, k], groups, num_groups)
+           for k, name in enumerate(tower.config.modalities)}
+    out["chance"] = float(torch.bincount(groups, minlength=num_groups).max()) / groups.numel()
+    return out
 
 
 def items_by_group(catalog: Any, per_group: int = 10_000, seed: int = 0,
@@ -140,8 +183,9 @@ def attention_norms_from_checkpoint(
     "image_quality" (items with an image shown, uninformative or missing: does the attention
     follow an item's own modality quality?).
 
-    Returns ``{"norms": [[...]] (groups x modalities), "groups": names, "modalities": names,
-    "items": per group, "checkpoint": path, "step": step}``.
+    Returns ``{"norms": [[...]] (groups x modalities), "group_probe": {modality: accuracy,
+    "chance": ...} (:func:`modality_group_probe`), "groups": names, "modalities": names, "items":
+    per group, "checkpoint": path, "step": step}``.
     """
     from marn_rec.data.synthetic import MODALITY_GROUPS, ItemCatalog
     from marn_rec.serving.extract import load_tower
@@ -162,6 +206,7 @@ def attention_norms_from_checkpoint(
     norms = maf_attention_norms(tower, catalog.features, ids, groups, len(names))
     return {
         "norms": norms.tolist(),
+        "group_probe": modality_group_probe(tower, catalog.features, ids, groups, len(names)),
         "groups": names,
         "modalities": list(info.config.tower.modalities),
         "items": torch.bincount(groups, minlength=len(names)).tolist(),

@@ -21,6 +21,7 @@ from marn_rec.data.synthetic.hashing import (
     _TAG_BRAND_BIAS,
     _TAG_CATALOG,
     _TAG_ID_MAP,
+    _TAG_IMAGE_GROUP,
     _TAG_IMAGE_NOISE,
     _TAG_IMAGE_QUALITY,
     _TAG_SHOP,
@@ -211,6 +212,9 @@ class ItemCatalog:
         latent = c.shared_dim + c.image_factor_dim
         self.image_projection = torch.randn(latent, c.image_dim, generator=g) / math.sqrt(latent)
         self.image_noise_table = torch.randn(_IMAGE_NOISE_ROWS, c.image_dim, generator=g)
+        # Its own generator, so that the default stream (weight 0) stays bit-identical.
+        look = torch.Generator().manual_seed(self._salt(_TAG_IMAGE_GROUP))
+        self.image_group_look = torch.randn(len(MODALITY_GROUPS), c.image_dim, generator=look)
         # Statistic loadings over (popularity, quality, shared[0]): exposure, click rate, orders,
         # amount; further statistics get random loadings.
         known = torch.tensor([[1.0, 0.3, 0.0], [0.2, 1.0, 0.0], [0.6, 0.6, 0.0], [0.1, 0.4, 0.8]])
@@ -354,6 +358,9 @@ class ItemCatalog:
         missing, uninformative = self._image_quality(ranks)
         if c.uninformative_image_prob > 0:
             signal = torch.where(uninformative[:, None], torch.zeros_like(signal), signal)
+        if c.image_group_weight > 0:  # a placeholder image still looks like its category
+            group = self.category_group[self.category[ranks]]
+            signal = signal + c.image_group_weight * self.image_group_look[group]
         # Signed sum of 3 rows of a fixed table: ~1e9 distinct noise vectors from a 1024-row table.
         keys = ranks[:, None] * 3 + torch.arange(3)
         bits = _hash_bits(keys, self._salt(_TAG_IMAGE_NOISE))

@@ -4,6 +4,7 @@ The config is validated on construction; ``SyntheticTaobaoConfig.from_model_conf
 table sizes of a model so that every generated ID fits its table.
 """
 
+import math
 from dataclasses import dataclass, fields
 from typing import Dict, Tuple
 
@@ -79,6 +80,13 @@ class SyntheticTaobaoConfig:
             views against their own factors, i.e. the redundancy between image and title: 0 shows
             each its own factor only, 1 (default) the shared and own factors at equal weight per
             dimension, larger values make the two views mostly the same information.
+        image_group_weight: weight of the look of the item's category group in its image (clothing
+            looks like clothing, paper 1 and Figure 4). 0 (default): the image shows its category
+            only through the category's centre in the shared factor; centres are random and the
+            groups a random third of the categories each, so the group is barely visible in the
+            image. w > 0 adds w times a fixed random image-space vector per group (the signal has
+            unit std per dimension), so that eq. 3's gate, which sees only the image, can tell
+            the group.
 
     Behaviours:
         behavior_type_probs: click, cart, purchase.
@@ -137,6 +145,7 @@ class SyntheticTaobaoConfig:
     generic_title_prob: float = 0.0
     cold_empty_statistics_prob: float = 0.0
     shared_view_weight: float = 1.0
+    image_group_weight: float = 0.0
     behavior_type_probs: Tuple[float, float, float] = (0.9, 0.05, 0.05)
     empty_history_prob: float = 0.05
     full_history_prob: float = 0.3
@@ -254,11 +263,12 @@ class SyntheticTaobaoConfig:
             "brand_bias_std",
             "stat_sensitivity_std",
             "shared_view_weight",
+            "image_group_weight",
         )
         for name in non_negative:
             value = getattr(self, name)
-            if value < 0:
-                raise ValueError(f"SyntheticTaobaoConfig.{name} must be >= 0, got {value}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"SyntheticTaobaoConfig.{name} must be a finite number >= 0, got {value}")
         if self.zipf_exponent <= 0:
             raise ValueError(f"zipf_exponent must be > 0, got {self.zipf_exponent}")
         if self.category_center_weight > 1:
