@@ -194,3 +194,28 @@ def test_fast_step_runs_by_default_at_the_smallest_size_only() -> None:
     assert not QPSConfig(fast_step="off").fast_step_at(min(QPSConfig().sizes))
     with pytest.raises(ValueError, match="fast_step"):
         QPSConfig(fast_step="sometimes").fast_step_at(1000)
+
+
+def test_fast_step_quick(tmp_path, capsys) -> None:
+    """benchmarks/fast_step.py: each variant in its own fresh process; only fast+keep keeps freed
+    memory mapped; a variant that fails in its process is named."""
+    from marn_rec.benchmarks.fast_step import FastStepConfig, _in_fresh_process
+    from marn_rec.training import allocator
+
+    assert cli.fast_step_main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "whole step, fast+keep against old" in out and "page faults/step" in out
+    results = json.loads((tmp_path / "fast_step.json").read_text())
+    assert set(results["ms_per_step"]) == {"old", "fast", "fast+keep"}
+    assert [o["kept"] for o in results["runs"]["fast+keep"]] == [allocator._glibc() is not None]
+    assert not any(o["kept"] for v in ("old", "fast") for o in results["runs"][v])
+    assert results["ratios"]["fast+keep / old"] == pytest.approx(
+        results["ms_per_step"]["old"] / results["ms_per_step"]["fast+keep"])
+    assert (tmp_path / "fast_step.md").exists() and not (tmp_path / "batches.pt").exists()
+    assert cli.fast_step_parser().parse_args([]).out_dir == "runs/benchmarks/fast_step"
+    for argv in (["--rounds", "0"], ["--update-records", "--quick"]):
+        with pytest.raises(SystemExit):
+            cli.fast_step_main(argv)
+    assert "--rounds must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="the old step failed in its process: FileNotFoundError"):
+        _in_fresh_process("old", FastStepConfig(preset="tiny"), str(tmp_path / "missing.pt"))

@@ -7,6 +7,12 @@ import sys
 from typing import List, Optional, Sequence
 
 from marn_rec.benchmarks.apgru import APGRU_QUICK, APGRUConfig, run_apgru
+from marn_rec.benchmarks.fast_step import (
+    FAST_STEP_QUICK,
+    FastStepConfig,
+    render_fast_step_markdown,
+    run_fast_step,
+)
 from marn_rec.benchmarks.config import FAST_STEP_MODES, QUICK, RECORDS_DIR, QPSConfig
 from marn_rec.benchmarks.goals import goal_lines
 from marn_rec.benchmarks.qps import run_qps
@@ -203,5 +209,52 @@ def apgru_main(argv: Optional[Sequence[str]] = None) -> int:
             setattr(cfg, key, value)
     results = run_apgru(cfg)
     paths = write_outputs(results, render_apgru_markdown(results), cfg.out_dir, "apgru")
+    print(f"\nwrote {paths['json']}, {paths['markdown']}")
+    return 0
+
+
+def fast_step_parser() -> argparse.ArgumentParser:
+    d = FastStepConfig()
+    p = argparse.ArgumentParser(
+        description="The whole unsharded training step, old against fast (and fast with freed memory "
+        "kept mapped), each variant in fresh processes, alternating. Writes fast_step.json and "
+        f"fast_step.md into --out-dir, or into {RECORDS_DIR}/ with {UPDATE_RECORDS}.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("--preset", default=d.preset, choices=["small", "tiny", "paper"], help="model size")
+    p.add_argument("--num-items", type=int, default=d.num_items, help="rows of the item table")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per step")
+    p.add_argument("--num-batches", type=int, default=d.num_batches, help="pre-generated batches, cycled")
+    p.add_argument("--threads", type=int, default=d.threads, help="threads of each process")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="untimed steps per process")
+    p.add_argument("--windows", type=int, default=d.windows, help="timed windows per process (median kept)")
+    p.add_argument("--steps-per-window", type=int, default=d.steps_per_window, help="steps per timed window")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="fresh processes per variant, alternating")
+    p.add_argument("--seed", type=int, default=d.seed, help="model and data seed")
+    _output_flags(p, d.out_dir, "fast_step.json, fast_step.md")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds")
+    return p
+
+
+def fast_step_main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = fast_step_parser()
+    args = _parse(p, argv)
+    for flag in ("num_items", "batch_size", "num_batches", "threads", "windows", "steps_per_window", "rounds"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    if args.warmup_steps < 0:
+        p.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    cfg = FastStepConfig(
+        preset=args.preset, num_items=args.num_items, batch_size=args.batch_size, num_batches=args.num_batches,
+        threads=args.threads, warmup_steps=args.warmup_steps, windows=args.windows,
+        steps_per_window=args.steps_per_window, rounds=args.rounds, seed=args.seed, out_dir=_out_dir(args),
+        command=_command("fast_step.py", argv),
+    )
+    if args.quick:
+        for key, value in FAST_STEP_QUICK.items():
+            setattr(cfg, key, value)
+    results = run_fast_step(cfg)
+    paths = write_outputs(results, render_fast_step_markdown(results), cfg.out_dir, "fast_step")
     print(f"\nwrote {paths['json']}, {paths['markdown']}")
     return 0

@@ -19,9 +19,11 @@ from marn_rec.config import MARNConfig
 
 # Settings that may change between a run and its resumption. ``table_dtype`` is checked through
 # the model's configuration (``model.tower.table_dtype``); the pipeline changes no value; the
-# dense precision and the fused optimizer change the rounding, not the model or its state.
+# dense precision and the fused optimizer change the rounding, not the model or its state; the
+# allocator setting changes neither.
 NOT_CHECKED = ("out_dir", "resume", "progress", "num_workers", "eval_every", "checkpoint_every",
-               "stop_after", "pipeline", "table_dtype", "dense_dtype", "fused_optimizer")
+               "stop_after", "pipeline", "table_dtype", "dense_dtype", "fused_optimizer",
+               "keep_freed_memory")
 
 
 def _json(obj: Any) -> Any:
