@@ -57,3 +57,14 @@ def test_training_keeps_freed_memory_unless_told_not_to(tmp_path) -> None:
     assert parse_train_args(["--out-dir", str(tmp_path)]).keep_freed_memory is True
     assert parse_train_args(["--out-dir", str(tmp_path), "--no-keep-freed-memory"]).keep_freed_memory is False
     assert "keep_freed_memory" in NOT_CHECKED  # a resumed run may change it: no arithmetic changes
+
+
+def test_benchmarks_keep_freed_memory_unless_told_not_to() -> None:
+    """qps.py's processes keep freed memory mapped, as training does (its interleaved old/fast
+    windows are only fair so: RESULTS, "Speed and scale", item 2)."""
+    from marn_rec.benchmarks import cli
+
+    parser = cli.qps_parser()
+    assert cli.qps_config_from_args(parser.parse_args([]), []).keep_freed_memory is True
+    args = ["--no-keep-freed-memory"]
+    assert cli.qps_config_from_args(parser.parse_args(args), args).keep_freed_memory is False

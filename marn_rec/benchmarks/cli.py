@@ -116,6 +116,9 @@ def qps_parser() -> argparse.ArgumentParser:
                         "(the pipeline's effect, immune to load drift; twice the tables' memory)")
     p.add_argument("--floor-only", action="store_true",
                    help="only the baseline at the smallest size with dedup on, with its compute floor")
+    p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                   help="leave glibc's malloc as it comes in the benchmark's processes (by default they "
+                        "keep freed memory mapped, as training does)")
     p.add_argument("--baseline-threads", type=int, default=d.baseline_threads, help="threads of the baseline process")
     p.add_argument("--sharded-threads", type=int, default=d.sharded_threads, help="threads of each sharded process")
     p.add_argument("--memory-fraction", type=float, default=d.memory_fraction,
@@ -145,6 +148,7 @@ def qps_config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> QPSCo
         table_dtypes=list(args.table_dtypes), memory_budget_gib=args.memory_budget_gib,
         floor=not args.no_floor, floor_reps=args.floor_reps, floor_only=args.floor_only,
         fast_step=args.fast_step, interleave_pipeline=args.interleave_pipeline,
+        keep_freed_memory=args.keep_freed_memory,
     )
     unknown = [t for t in cfg.table_dtypes if t not in TABLE_DTYPES]
     if unknown:

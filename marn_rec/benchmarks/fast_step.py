@@ -50,9 +50,9 @@ class FastStepConfig:
     num_batches: int = 4
     threads: int = 2  # as qps.py's baseline process
     warmup_steps: int = 3
-    windows: int = 3
-    steps_per_window: int = 4
-    rounds: int = 3  # fresh processes per variant, alternating
+    windows: int = 4
+    steps_per_window: int = 5
+    rounds: int = 5  # fresh processes per variant, alternating
     seed: int = 0
     out_dir: str = f"{SCRATCH_DIR}/fast_step"
     command: str = ""

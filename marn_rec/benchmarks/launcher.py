@@ -15,6 +15,7 @@ import torch
 from marn_rec.benchmarks.config import BASELINE, QPSConfig, RunSpec
 from marn_rec.benchmarks.measure import measure
 from marn_rec.quiet import quiet_libraries
+from marn_rec.training.allocator import keep_freed_memory
 
 
 def worker(rank: int, world_size: int, port: int, specs_path: str, out_dir: str) -> None:
@@ -24,6 +25,8 @@ def worker(rank: int, world_size: int, port: int, specs_path: str, out_dir: str)
         payload = json.load(f)
     cfg = QPSConfig(**payload["config"])
     specs = [RunSpec(**s) for s in payload["specs"]]
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     torch.set_num_threads(specs[0].threads)
     device_type = cfg.resolved_device()
     pg = None
