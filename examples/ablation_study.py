@@ -24,6 +24,8 @@ import sys
 from dataclasses import replace
 from typing import Optional, Sequence
 
+import torch
+
 from marn_rec.config import ABLATIONS, DIAGNOSTIC_ABLATIONS, PRESETS, REFERENCE
 from marn_rec.data.prepared import cold_item_dropout_problem
 from marn_rec.features import TABLE_DTYPES
@@ -44,7 +46,7 @@ from marn_rec.training.ablation.views import (
 )
 from marn_rec.training.cli import CheckedArgumentParser, synthetic_overrides, writable_dir_problem
 from marn_rec.training.evaluation import TABLE5_RECALL_AT
-from marn_rec.training.loop import TrainConfig
+from marn_rec.training.loop import DENSE_DTYPES, TrainConfig, native_bf16
 from marn_rec.training.sharding import initial_accumulator_problem
 
 
@@ -84,6 +86,11 @@ def parser() -> CheckedArgumentParser:
                    help="synthetic stream: cold candidates per set (the paper: at least 100)")
     p.add_argument("--table-dtype", default="fp32", choices=list(TABLE_DTYPES),
                    help="storage of the item tower's tables of every run (fp16: half the bytes)")
+    p.add_argument("--dense-dtype", default="fp32", choices=list(DENSE_DTYPES),
+                   help="bf16: every run's training forward under bf16 autocast (refused without native "
+                        "bf16 hardware; weights, optimizer state and evaluation stay fp32)")
+    p.add_argument("--fused-optimizer", action="store_true",
+                   help="every run's dense AdaGrad with its fused kernel (same update, last-bit rounding)")
     p.add_argument("--lr", type=float, default=0.1, dest="learning_rate", metavar="LR",
                    help="AdaGrad learning rate of every run (paper section 4.1: 0.1)")
     p.add_argument("--dense-initial-accumulator", type=float, default=TrainConfig.dense_initial_accumulator,
@@ -144,6 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         value = getattr(a, f"{flag}_initial_accumulator")
         if value is not None and (problem := initial_accumulator_problem(value)):
             p.error(f"--{flag}-initial-accumulator {problem}")
+    if a.dense_dtype == "bf16" and not native_bf16(torch.device("cpu")):
+        p.error("--dense-dtype bf16: this CPU has no native bf16 (AVX512-BF16 or AMX)")
     if a.drop_modalities and not a.data_dir:
         p.error("--drop-modalities needs --data")
     if problem := cold_item_dropout_problem(a.cold_item_dropout):
@@ -185,7 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            eval_every=eval_every, eval_batches=a.eval_batches,
                            learning_rate=a.learning_rate, out_dir=a.out_dir, data_dir=data_dir,
                            data_overrides=overrides, recall_at=TABLE5_RECALL_AT,
-                           table_dtype=a.table_dtype, dense_initial_accumulator=a.dense_initial_accumulator,
+                           table_dtype=a.table_dtype, dense_dtype=a.dense_dtype,
+                           fused_optimizer=a.fused_optimizer, dense_initial_accumulator=a.dense_initial_accumulator,
                            attention_initial_accumulator=a.attention_initial_accumulator,
                            fusion_initial_accumulator=a.fusion_initial_accumulator,
                            cold_item_dropout=a.cold_item_dropout)

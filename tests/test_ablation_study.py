@@ -266,11 +266,11 @@ def test_study_on_a_prepared_directory_end_to_end(prepared: str, tmp_path: Path)
     cmd = [sys.executable, str(REPO / "examples" / "ablation_study.py"), "--data", prepared, "--preset", "tiny",
            "--models", "BaseModel+IDs", "BaseModel+IMAGE", "BaseModel+CONC", "--seeds", "3",
            "--steps", "4", "--eval-every", "2", "--batch-size", "16", "--jobs", "2", "--out-dir", str(out),
-           "--cold-item-dropout", "0.25"]
+           "--cold-item-dropout", "0.25", "--fusion-initial-accumulator", "0", "--fused-optimizer"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    metas = list(out.glob("*_seed3/checkpoints/step_*/meta.json"))
-    assert metas and all(json.loads(m.read_text())["train"]["cold_item_dropout"] == 0.25 for m in metas)
+    metas = [json.loads(m.read_text())["train"] for m in out.glob("*_seed3/checkpoints/step_*/meta.json")]
+    assert metas and all(m["cold_item_dropout"] == 0.25 and m["fusion_initial_accumulator"] == 0 for m in metas)
     assert "skipped BaseModel+IMAGE: the data set has none of the modalities ('image',)" in proc.stdout
     results, command = read_results(str(out))
     assert [r["model"] for r in results] == ["BaseModel+IDs", "BaseModel+CONC"]
@@ -303,6 +303,8 @@ def test_command_line_refusals(tmp_path: Path) -> None:
         (["--cold-set-size", "0"], "--cold-set-size must be >= 1"),
         (["--cold-item-dropout", "0.1"], "--cold-item-dropout needs --data"),
         (["--cold-item-dropout", "1"], "--cold-item-dropout must be in [0, 1)"),
+        (["--fusion-initial-accumulator", "-1"], "--fusion-initial-accumulator must be a finite number"),
+        (["--dense-dtype", "fp16"], "invalid choice: 'fp16'"),
     ):
         proc = subprocess.run([sys.executable, script, *args, "--out-dir", str(tmp_path / "o")],
                               capture_output=True, text=True, cwd=REPO, timeout=300)
