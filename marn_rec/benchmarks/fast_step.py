@@ -18,6 +18,7 @@ pre-generated batches for every process.
 
 import multiprocessing as mp
 import os
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -65,7 +66,7 @@ FAST_STEP_QUICK = dict(preset="tiny", num_items=1000, batch_size=16, num_batches
 def _time_variant(variant: str, cfg: FastStepConfig, batch_path: str) -> Dict[str, Any]:
     """One process's measurement of ``variant``: the median window's ms per step, and page faults
     and peak RSS of the whole process."""
-    from marn_rec.benchmarks.measure import _fused_like, sparse_baseline
+    from marn_rec.benchmarks.measure import _fused_like, sparse_baseline, use_old_step_kernels
     from marn_rec.models.marn import MARN, MARNTrain
     from marn_rec.training.allocator import keep_freed_memory
 
@@ -77,9 +78,7 @@ def _time_variant(variant: str, cfg: FastStepConfig, batch_path: str) -> Dict[st
     fast = variant != OLD
     if fast:
         optimizers = [optimizers[0], _fused_like(optimizers[1])]
-    for m in model.modules():
-        if hasattr(m, "old_step_kernels"):
-            m.old_step_kernels = not fast
+    use_old_step_kernels(model, not fast)
     batches = torch.load(batch_path, weights_only=False)
     model.train()
 
@@ -121,7 +120,13 @@ def _in_fresh_process(variant: str, cfg: FastStepConfig, batch_path: str) -> Dic
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(variant, cfg, batch_path, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child killed outright (OOM, signal) puts nothing: do not wait for it forever
+        try:
+            result = queue.get(timeout=2.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"the {variant} step's process died (exit code {proc.exitcode})")
     proc.join()
     if "error" in result:
         raise RuntimeError(f"the {variant} step failed in its process: {result['error']}")
@@ -131,14 +136,11 @@ def _in_fresh_process(variant: str, cfg: FastStepConfig, batch_path: str) -> Dic
 def run_fast_step(cfg: FastStepConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """``cfg.rounds`` rounds of one fresh process per variant (the order rotating from round to
     round); per variant the median over rounds of each process's median window."""
-    from marn_rec.data import SyntheticTaobao, SyntheticTaobaoConfig
+    from marn_rec.benchmarks.measure import generate_batches
 
     os.makedirs(cfg.out_dir, exist_ok=True)
     batch_path = os.path.join(cfg.out_dir, "batches.pt")
-    data = SyntheticTaobao(SyntheticTaobaoConfig.from_model_config(
-        model_config(cfg.preset, cfg.num_items), seed=cfg.seed, batch_size=cfg.batch_size,
-        num_train_batches=cfg.num_batches))
-    torch.save([data.batch("train", i, dedup=True) for i in range(cfg.num_batches)], batch_path)
+    generate_batches(cfg, cfg.num_items, True, batch_path)
     log(f"whole unsharded step, {cfg.preset} preset, {cfg.num_items:,} items, B={cfg.batch_size}, "
         f"{cfg.threads} threads; {cfg.rounds} rounds of one fresh process per variant")
     runs: Dict[str, List[Dict[str, Any]]] = {v: [] for v in VARIANTS}

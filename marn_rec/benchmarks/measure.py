@@ -41,6 +41,14 @@ def sparse_baseline(model: nn.Module, lr: float):
     ], tables
 
 
+def use_old_step_kernels(model: nn.Module, on: bool) -> None:
+    """Switches every module of ``model`` whose step changed since 2026-12-01 to its old kernels
+    (``on``) or its current ones: the modules keep them behind ``old_step_kernels``."""
+    for m in model.modules():
+        if hasattr(m, "old_step_kernels"):
+            m.old_step_kernels = on
+
+
 def local_bytes(obj: Any) -> int:
     """Bytes of the local part of every (Sharded)Tensor inside ``obj`` (dicts, lists)."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
@@ -226,12 +234,8 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         i += (cfg.windows + 1) * cfg.steps_per_window
 
     if fast_step:
-        # Modules whose step changed since 2026-12-01 keep the old kernels behind this attribute.
-        switchable = [m for m in step_model.modules() if hasattr(m, "old_step_kernels")]
-
         def old_kernels(on: bool) -> None:
-            for m in switchable:
-                m.old_step_kernels = on
+            use_old_step_kernels(step_model, on)
 
         out["fast_step"] = _compare_fast(step, i, fast, old_kernels, cfg, device, barrier)
         i += 2 * (cfg.windows + 1) * cfg.steps_per_window
@@ -359,8 +363,9 @@ def _tower_ms(model: nn.Module, batches: Sequence[Any], reps: int, device: torch
     return statistics.median(times)
 
 
-def generate_batches(cfg: QPSConfig, num_items: int, dedup: bool, path: str) -> Dict[str, float]:
-    """Pre-generates ``cfg.num_batches`` batches of the synthetic stream into ``path``.
+def generate_batches(cfg: Any, num_items: int, dedup: bool, path: str) -> Dict[str, float]:
+    """Pre-generates ``cfg.num_batches`` batches of the synthetic stream into ``path`` (``cfg``: a
+    :class:`QPSConfig` or a ``FastStepConfig``; its preset, seed, batch size and batch count).
 
     Returns timings (catalog build, ms per batch) and the mean unique items and slots per batch.
     """

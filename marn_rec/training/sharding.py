@@ -165,7 +165,7 @@ def training_optimizer(
     :class:`~marn_rec.modules.candidate_attention.CandidateAttention` (default
     :data:`ATTENTION_INITIAL_ACCUMULATOR`; None: as the other dense ones).
     ``fusion_initial_accumulator``: the same for MAF's attention (eq. 3; default None: as the
-    other dense ones; benchmarks/RESULTS.md, "MAF's attention from 0"). Only the starting sums
+    other dense ones; benchmarks/RESULTS.md, "What eq. 3's gate can see"). Only the starting sums
     differ: the optimizer, its groups and its checkpointed state keep their shape, so checkpoints
     from either setting load into the other.
     """
