@@ -118,7 +118,7 @@ def qps_parser() -> argparse.ArgumentParser:
                    help="only the baseline at the smallest size with dedup on, with its compute floor")
     p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
                    help="leave glibc's malloc as it comes in the benchmark's processes (by default they "
-                        "keep freed memory mapped, as training does)")
+                        "keep freed memory mapped; training does with --keep-freed-memory)")
     p.add_argument("--baseline-threads", type=int, default=d.baseline_threads, help="threads of the baseline process")
     p.add_argument("--sharded-threads", type=int, default=d.sharded_threads, help="threads of each sharded process")
     p.add_argument("--memory-fraction", type=float, default=d.memory_fraction,

@@ -87,7 +87,7 @@ class QPSConfig:
     # in the runs of the smallest size with dedup on (the default: the ratio in every full sweep, at the cost of
     # one size's extra windows), "all": every run, "off".
     fast_step: str = "smallest"
-    # Every benchmark process keeps the memory a step frees mapped, as training does
+    # Every benchmark process keeps the memory a step frees mapped (training: --keep-freed-memory)
     # (marn_rec.training.allocator). Besides the speed, this keeps the interleaved windows fair:
     # with glibc's malloc as it comes, the old step ran 20-25% slower in a process where the fast
     # step had run than alone (benchmarks/RESULTS.md, "Speed and scale", item 2).

@@ -46,7 +46,7 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
     log(f"threads: baseline 1 process x {cfg.baseline_threads} thread(s); sharded "
         f"{cfg.world_size} processes x {cfg.sharded_threads} thread(s) "
         f"({'gloo' if device == 'cpu' else 'nccl'}); "
-        + ("freed memory kept mapped in every process, as in training" if cfg.keep_freed_memory
+        + ("freed memory kept mapped in every process" if cfg.keep_freed_memory
            else "glibc's malloc as it comes (--no-keep-freed-memory)"))
     log(f"preset {cfg.preset}, batch {cfg.batch_size} per process, {cfg.warmup_steps} warm-up steps, "
         f"{cfg.windows} windows x {cfg.steps_per_window} steps (median), {cfg.profile_steps} profiled steps")

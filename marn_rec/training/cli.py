@@ -199,9 +199,9 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
     p.add_argument("--dense-dtype", default=d.dense_dtype, choices=list(DENSE_DTYPES),
                    help="bf16: the training forward under bf16 autocast (weights, tables, optimizer "
                         "state and evaluation stay fp32); refused without native bf16 hardware")
-    p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
-                   help="leave glibc's malloc as it comes (by default freed memory stays mapped for "
-                        "the next step: fewer page faults, same arithmetic)")
+    p.add_argument("--keep-freed-memory", action="store_true", default=d.keep_freed_memory,
+                   help="keep the memory a step frees mapped for the next step (glibc's malloc): fewer "
+                        "page faults, same arithmetic; off by default, see TrainConfig")
     p.add_argument("--fused-optimizer", action="store_true", default=d.fused_optimizer,
                    help="the dense AdaGrad's fused kernel instead of its Python loop")
     p.add_argument("--dense-initial-accumulator", type=float, default=d.dense_initial_accumulator,
@@ -229,7 +229,7 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
     p.add_argument("--data", dest="data_dir", default=d.data_dir, metavar="DIR",
                    help="a prepared directory of real data (examples/prepare_*.py); without it, "
                         "the synthetic Taobao-like stream")
-    p.set_defaults(dedup=d.dedup, progress=d.progress, pipeline=d.pipeline, keep_freed_memory=d.keep_freed_memory)
+    p.set_defaults(dedup=d.dedup, progress=d.progress, pipeline=d.pipeline)
     return p
 
 
