@@ -59,7 +59,8 @@ def test_keep_freed_memory_elsewhere_changes_nothing(monkeypatch) -> None:
 
 
 def test_training_keeps_freed_memory_only_when_asked(tmp_path) -> None:
-    """Off by default in training (a 2-process run aborted at exit with it, 2 of 12 tries)."""
+    """Off by default in training (a 2-process run aborted at exit in 2 of 12 tries with it, 1 of 26
+    without: not settled)."""
     from marn_rec.training.cli import parse_train_args
     from marn_rec.training.loop import TrainConfig
     from marn_rec.training.run_meta import NOT_CHECKED

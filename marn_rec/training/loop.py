@@ -108,8 +108,9 @@ class TrainConfig:
         keep_freed_memory: keep the memory a step frees mapped for the next step (glibc's malloc;
             :mod:`marn_rec.training.allocator`): fewer page faults, same arithmetic; the process
             keeps up to 1 GiB of freed memory. Nothing happens where libc is not glibc. Off by
-            default: with it, a 2-process run aborted at exit ("terminate called without an
-            active exception") in 2 of 12 tries, against 0 of 16 without; the cause is not found.
+            default: the 2-process tiny run aborted at exit ("terminate called without an active
+            exception") in 2 of 12 tries with it, 1 of 26 without (0 of 12 at the code of
+            2026-12-01); whether it makes that abort likelier is not settled.
         fused_optimizer: the dense AdaGrad's fused kernel instead of its Python loop (same update,
             last-bit rounding differs).
         dense_initial_accumulator: the dense AdaGrad's initial accumulator (TensorFlow's 0.1 by
