@@ -29,7 +29,9 @@ from marn_rec.training.ablation.report import (
 from marn_rec.training.ablation.runner import applicable_models, read_curve, run_dir, run_study
 from marn_rec.training.ablation.statistics import (
     METRICS,
+    detectable_difference,
     paired_differences,
+    seeds_to_detect,
     student_t_quantile,
     summarize,
     t_interval,
@@ -40,9 +42,11 @@ __all__ = [
     "METRICS",
     "all_differences",
     "applicable_models",
+    "detectable_difference",
     "differences_table",
     "level_and_recall_tables",
     "markdown_table",
+    "seeds_to_detect",
     "merge_results",
     "paired_differences",
     "plateau_rows",

@@ -13,6 +13,8 @@ from marn_rec.training.ablation.statistics import (
     CONFIDENCE,
     METRICS,
     NAMES,
+    POWER,
+    detectable_difference,
     format_difference,
     paired_differences,
     summarize,
@@ -57,15 +59,19 @@ def differences_table(diffs: List[Dict[str, Any]], reference: str) -> str:
     AUC differences seed by seed, and on how many seeds the model was ahead."""
     if not diffs:
         return ""
-    head = ["model"] + [f"Δ {NAMES[m]}" for m in METRICS] + ["ΔAUC by seed", "AUC ahead on"]
+    head = ["model"] + [f"Δ {NAMES[m]}" for m in METRICS] + ["ΔAUC by seed", "AUC ahead on",
+                                                            "ΔAUC resolved"]
     lines = [f"Paired by seed, minus {reference} (mean [{CONFIDENCE:.0%} t-interval over seeds, "
-             f"n - 1 degrees of freedom]):", "",
+             f"n - 1 degrees of freedom]; ΔAUC resolved: the smallest true difference these seeds "
+             f"would find {POWER:.0%} of the time at their scatter):", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for d in diffs:
         auc = d.get("auc")
         by_seed = ", ".join(f"{s}: {v:+.4f}" for s, v in zip(auc["seeds"], auc["values"])) if auc else "n/a"
         ahead = f"{sum(v > 0 for v in auc['values'])}/{auc['n']}" if auc else "n/a"
-        cells = [d["model"]] + [format_difference(d.get(m)) for m in METRICS] + [by_seed, ahead]
+        resolved = detectable_difference(auc["std"], auc["n"]) if auc and auc["std"] is not None else None
+        cells = [d["model"]] + [format_difference(d.get(m)) for m in METRICS] + [
+            by_seed, ahead, f"±{resolved:.4f}" if resolved is not None else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
