@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from marn_rec.batch import MARNBatch
 from marn_rec.training.allocator import keep_freed_memory
+from marn_rec.training.run_lock import lock_out_dir
 from marn_rec.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -304,10 +305,17 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         TrainingDiverged: non-finite loss or parameters, or an exploded CTR loss; the last good
             checkpoint is kept.
         CheckpointError: a checkpoint that cannot be resumed from.
+        OutDirInUse: another live run holds ``cfg.out_dir`` (a CheckpointError).
     """
     if cfg.keep_freed_memory:
         keep_freed_memory()
     rank, world, device = init_distributed()
+    with lock_out_dir(cfg.out_dir):  # one run per out-dir at a time (marn_rec.training.run_lock)
+        return _train(cfg, rank, world, device)
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Dict[str, Any]:
+    """:func:`train` once the process group is up and the out-dir is this run's."""
     ckpt_root = os.path.join(cfg.out_dir, "checkpoints")
     latest = resume_point(ckpt_root, cfg.resume)  # refuses before anything is built
     torch.manual_seed(cfg.seed)
