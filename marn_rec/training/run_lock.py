@@ -7,6 +7,7 @@ run stop before it writes anything. The lock is ``flock`` on ``OUT_DIR/.marn_rec
 rank 0 for the run: the kernel releases it when the process ends, however it ends (a SIGKILLed run
 leaves no stale lock to clear by hand), and it works across nodes where the file system supports
 ``flock`` (local disks, recent NFS). Where it does not, the run goes on unlocked and says so.
+It cannot see an out-dir deleted under a live run: that run's lock is on the deleted file.
 """
 
 import errno
