@@ -28,7 +28,6 @@ from tqdm import tqdm
 
 from marn_rec.batch import MARNBatch
 from marn_rec.training.allocator import keep_freed_memory
-from marn_rec.training.run_lock import lock_out_dir
 from marn_rec.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -57,6 +56,7 @@ from marn_rec.training.divergence import (
 )
 from marn_rec.training.evaluation import evaluate
 from marn_rec.training.plots import plot_training
+from marn_rec.training.run_lock import lock_out_dir
 from marn_rec.training.run_meta import meta_defaults, run_meta
 from marn_rec.training.sources import prepared_data, synthetic_data
 from marn_rec.validation import validated_batches

@@ -15,7 +15,7 @@ import fcntl
 import os
 import socket
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from marn_rec.training.checkpoint import CheckpointError, _broadcast, _rank_world
 
@@ -52,7 +52,7 @@ def _holder(path: str) -> str:
         return "an unknown process"
 
 
-def _try_lock(out_dir: str) -> "tuple[Optional[int], Optional[str], Optional[str]]":
+def _try_lock(out_dir: str) -> Tuple[Optional[int], Optional[str], Optional[str]]:
     """(descriptor, error, warning) of rank 0's attempt."""
     path = os.path.join(out_dir, LOCK_FILE)
     try:

@@ -137,13 +137,18 @@ def detectable_difference(std: float, n: int, confidence: float = CONFIDENCE,
 def seeds_to_detect(difference: float, std: float, confidence: float = CONFIDENCE,
                     power: float = POWER, max_seeds: int = 10_000) -> Optional[int]:
     """The fewest seeds whose :func:`detectable_difference` is at most ``|difference|`` for paired
-    differences of standard deviation ``std``; None if more than ``max_seeds``."""
-    if difference == 0:
+    differences of standard deviation ``std``; None if more than ``max_seeds``. (The detectable
+    difference falls as seeds are added, so a bisection over n finds it.)"""
+    def enough(n: int) -> bool:
+        return detectable_difference(std, n, confidence, power) <= abs(difference)
+
+    if difference == 0 or not enough(max_seeds):
         return None
-    for n in range(2, max_seeds + 1):
-        if detectable_difference(std, n, confidence, power) <= abs(difference):
-            return n
-    return None
+    lo, hi = 1, max_seeds  # enough(hi); not enough(lo) (one seed resolves nothing)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Dict[str, Any]:
