@@ -22,7 +22,6 @@
 
 import json
 import math
-import multiprocessing as mp
 import os
 import time
 from dataclasses import replace
@@ -32,6 +31,7 @@ import torch
 
 from marn_rec.batch import ItemFeatures
 from marn_rec.features import TITLE_WORDS
+from marn_rec.training.worker_pool import study_pool
 
 # Paper Figure 6(b)'s range of lambda0 (section 4.1: "tuned ranging from 0.01 to 1.8").
 PAPER_LAMBDAS: Tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.8)
@@ -340,8 +340,7 @@ def train_runs(runs: Sequence[Tuple[Any, bool]], jobs: int = 1,
     threads = max(1, (os.cpu_count() or 1) // jobs)
     args = [(cfg, ref, threads) for cfg, ref in runs]
     done: Dict[int, Dict[str, Any]] = {}
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+    with study_pool(jobs) as pool:
         for i, record in pool.imap_unordered(_indexed, list(enumerate(args))):
             done[i] = record
             if results_path:

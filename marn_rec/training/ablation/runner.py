@@ -8,7 +8,6 @@ skipped with the reason, and the multimodal ones keep IDs, title and statistics.
 """
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 from dataclasses import replace
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from marn_rec.config import ABLATIONS
 from marn_rec.training.ablation.report import PARTIAL_RESULTS_FILE
 from marn_rec.training.loop import TrainConfig
+from marn_rec.training.worker_pool import study_pool
 
 # What each evaluation record of a run's metrics.jsonl contributes to its learning curve.
 CURVE_KEYS = ("auc", "user_auc", "cold_auc", "warm_auc", "bayes_auc")
@@ -123,8 +123,7 @@ def run_study(
     partial = os.path.join(base.out_dir, PARTIAL_RESULTS_FILE)
     if os.path.exists(partial):
         os.remove(partial)
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+    with study_pool(jobs) as pool:
         for res in tqdm(pool.imap_unordered(_run_one, [(r, threads) for r in runs]),
                         total=len(runs), desc="ablation runs"):
             res["configuration"] = res["model"]
