@@ -9,7 +9,7 @@ from marn_rec import MARN, MARNTower, ablation, paper, small, tiny
 from marn_rec.config import ABLATIONS, IDS, IMAGE, ItemTowerConfig
 from marn_rec.modules.apgru import APGRU
 from marn_rec.modules.maf import MultimodalAttentionFusion, SumFusion
-from marn_rec.modules.projection import PerModalityLinear
+from marn_rec.modules.projection import ModalityProjection, PerModalityLinear
 from marn_rec.modules.title_cnn import TitleCNN
 from marn_rec.testing import random_batch
 
@@ -163,3 +163,44 @@ def test_apgru_in_marn_has_the_property_term() -> None:
     model = MARN(tiny())
     assert isinstance(model.behavior, APGRU)
     assert model.behavior.weight_ph.shape == (tiny().gru_hidden_dim, 8)
+
+
+@pytest.mark.parametrize("kind", ["specific", "invariant"])
+def test_projecting_once_for_both_embeddings_and_their_detached_copy(kind: str) -> None:
+    """``*_twice`` against projecting ``e`` and ``e.detach()`` apart (the kernel of 2026-12-01):
+    equal outputs, and gradients equal to float64 rounding, including when only one of the two
+    outputs is used (the detached one's gradient reaches the parameters, never ``e``)."""
+    torch.manual_seed(0)
+    proj = ModalityProjection(4, 6, 5).double()
+    e = torch.randn(7, 4, 6, dtype=torch.float64)
+    weights = (torch.randn(7, 4, 5, dtype=torch.float64), torch.randn(7, 4, 5, dtype=torch.float64))
+    for use in ((1.0, 1.0), (1.0, 0.0), (0.0, 1.0)):
+        results = []
+        for old in (False, True):
+            proj.old_step_kernels = old
+            proj.zero_grad(set_to_none=True)
+            x = e.clone().requires_grad_()
+            both = getattr(proj, f"{kind}_twice")(x)
+            loss = sum(u * (y * w).sum() for u, y, w in zip(use, both, weights) if u)
+            loss.backward()
+            grads = [x.grad] + [p.grad for p in proj.parameters()]
+            results.append([*both] + [g if g is not None else torch.zeros(()) for g in grads])
+        for new, reference in zip(*results):
+            torch.testing.assert_close(new, reference.expand_as(new), rtol=0, atol=1e-12)
+    # Under bf16 autocast: the dtypes and values autocast gives the two separate projections.
+    proj = ModalityProjection(4, 6, 5)
+    outputs = []
+    for old in (False, True):
+        proj.old_step_kernels = old
+        proj.zero_grad(set_to_none=True)
+        x = e.float().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, y_detached = getattr(proj, f"{kind}_twice")(x)
+        (y.float().sum() + 2 * y_detached.float().sum()).backward()
+        outputs.append([y, y_detached, x.grad] + [p.grad for p in proj.parameters()])
+    for new, reference in zip(*outputs):
+        if reference is None:  # the other projection's parameters
+            assert new is None
+            continue
+        assert new.dtype == reference.dtype
+        torch.testing.assert_close(new, reference, rtol=1e-2, atol=1e-2)

@@ -135,23 +135,26 @@ class MARNTower(nn.Module):
             self.check_inputs(item_sparse, item_title, item_image, item_weights)
         diagnose = not is_tracing()
         e = self.embedding(item_sparse, item_title, item_image)
-        specific = self.projection.specific(e)
-        s = self.fusion(specific)
         if self.adversarial is None:
+            s = self.fusion(self.projection.specific(e))
             diagnostics = {"s_rms": _rms(s, item_weights)} if diagnose else {}
             return TowerOutput(s, {}, None, diagnostics)
         # eq. 10: the embedding layer E is trained by L_CTR alone. Ds sees S_m of detached
         # embeddings; D1 and the GRL see I of detached embeddings (L_ADV trains I, not E), while c
-        # pools I of the embeddings themselves (L_CTR trains E and I through it).
-        e_detached = e.detach()
-        specific_detached = (
-            self.projection.specific(e_detached) if self.config.adversarial == "ddma" else None
-        )
+        # pools I of the embeddings themselves (L_CTR trains E and I through it). The *_twice
+        # projections give both from one projection.
+        specific_detached: Optional[torch.Tensor] = None
+        if self.config.adversarial == "ddma":
+            specific, specific_detached = self.projection.specific_twice(e)
+        else:
+            specific = self.projection.specific(e)
+        s = self.fusion(specific)
+        invariant, invariant_detached = self.projection.invariant_twice(e)
         adv = self.adversarial(
-            self.projection.invariant(e),
+            invariant,
             specific_detached,
             item_weights,
-            adversarial_input=self.projection.invariant(e_detached),
+            adversarial_input=invariant_detached,
             diagnostics=diagnose,
         )
         # Named one by one: TorchRec's pipeline tracer keeps the (table-free) adversarial module

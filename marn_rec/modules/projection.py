@@ -1,9 +1,78 @@
 """Modality-specific and modality-invariant projections (paper 3.2): ``s_m = S_m(e_m)``, ``c_m = I(e_m)``."""
 
 import math
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from marn_rec.validation import is_tracing
+
+
+class _ProjectedTwice(torch.autograd.Function):
+    """``relu(x W + b)`` computed once and returned twice: the first output's gradient reaches ``x``
+    and the parameters, the second's only the parameters, as if projected from ``x.detach()``.
+
+    DDMA needs both (eq. 10: its discriminators see the projections of detached embeddings, the
+    CTR loss those of the embeddings themselves); their values are equal, so projecting twice costs
+    a forward GEMM and a weight-gradient GEMM per projection for nothing. ``per_modality``: ``W``
+    is [M, in, out] (:class:`PerModalityLinear`), else [out, in] (``nn.Linear``). Under autocast
+    the forward runs as autocast makes it, and the backward in the output's dtype with the
+    gradients cast back to the inputs' dtypes, as autocast's own casts do.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, per_modality: bool):
+        if per_modality:
+            z = torch.baddbmm(bias.unsqueeze(1), x.transpose(0, 1), weight).transpose(0, 1)
+        else:
+            z = F.linear(x, weight, bias)
+        y = torch.relu(z)
+        ctx.per_modality = per_modality
+        ctx.save_for_backward(x, weight, y)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no GEMM for it
+        return y, y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Optional[torch.Tensor], grad_detached: Optional[torch.Tensor]):
+        x, weight, y = ctx.saved_tensors
+        dtype = y.dtype
+        # relu's backward (the gradient where y > 0) in one kernel, as autograd runs it.
+        relu_backward = torch.ops.aten.threshold_backward
+        grad_z = relu_backward(grad.to(dtype), y, 0) if grad is not None else None
+        if grad is not None and grad_detached is not None:
+            grad_all = relu_backward(grad.to(dtype) + grad_detached.to(dtype), y, 0)
+        elif grad_detached is not None:
+            grad_all = relu_backward(grad_detached.to(dtype), y, 0)
+        else:
+            grad_all = grad_z
+        if grad_all is None:
+            return None, None, None, None
+        need_x, need_w, need_b, _ = ctx.needs_input_grad
+        w, xs = weight.to(dtype), x.to(dtype)
+        grad_x = grad_w = grad_b = None
+        if ctx.per_modality:  # z[:, m] = x[:, m] @ W[m] + b[m]
+            if need_x and grad_z is not None:
+                grad_x = torch.bmm(grad_z.transpose(0, 1), w.transpose(1, 2)).transpose(0, 1)
+            if need_w:
+                grad_w = torch.bmm(xs.permute(1, 2, 0), grad_all.transpose(0, 1))
+            if need_b:
+                grad_b = grad_all.sum(dim=0)
+        else:  # z = x @ W^T + b
+            flat = grad_all.reshape(-1, grad_all.shape[-1])
+            if need_x and grad_z is not None:
+                grad_x = grad_z @ w
+            if need_w:
+                grad_w = flat.t() @ xs.reshape(-1, xs.shape[-1])
+            if need_b:
+                grad_b = flat.sum(dim=0)
+        return (
+            grad_x.to(x.dtype) if grad_x is not None else None,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(weight.dtype) if grad_b is not None else None,
+            None,
+        )
 
 
 class PerModalityLinear(nn.Module):
@@ -99,6 +168,8 @@ class ModalityProjection(nn.Module):
         self.invariant_projection: nn.Linear | None = (
             nn.Linear(modality_dim, hidden_dim, device=device) if with_invariant else None
         )
+        # True: project e and e.detach() apart, as on 2026-12-01 (see :meth:`specific_twice`).
+        self.old_step_kernels = False
 
     def specific(self, e: torch.Tensor) -> torch.Tensor:
         """``s_m = S_m(e_m)``: [U, M, modality_dim] -> [U, M, hidden_dim]."""
@@ -109,3 +180,21 @@ class ModalityProjection(nn.Module):
         if self.invariant_projection is None:
             raise RuntimeError("this ModalityProjection was built without the invariant projection")
         return torch.relu(self.invariant_projection(e))
+
+    def specific_twice(self, e: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(S(e), S(e.detach()))``: equal values from one projection; the second's gradient
+        reaches ``S``'s parameters and not ``e``. Projected apart under tracing (FX, export) and
+        with ``old_step_kernels``."""
+        if self.old_step_kernels or is_tracing():
+            return self.specific(e), self.specific(e.detach())
+        lin = self.specific_projection
+        return _ProjectedTwice.apply(e, lin.weight, lin.bias, True)
+
+    def invariant_twice(self, e: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(I(e), I(e.detach()))``, as :meth:`specific_twice`."""
+        if self.invariant_projection is None:
+            raise RuntimeError("this ModalityProjection was built without the invariant projection")
+        if self.old_step_kernels or is_tracing():
+            return self.invariant(e), self.invariant(e.detach())
+        lin = self.invariant_projection
+        return _ProjectedTwice.apply(e, lin.weight, lin.bias, False)
