@@ -198,3 +198,27 @@ def test_packed_path_under_bf16_autocast_matches_the_step_loop() -> None:
     for a, b in zip(out[False], out[True]):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b)
+
+
+def test_candidate_attention_split_first_layer_equals_the_concatenated_pairs() -> None:
+    """The first scoring layer as ``W_h h_t + (W_r rep + b)`` against the concatenated pairs (the
+    kernel of 2026-12-01): outputs and gradients equal to float64 rounding, an empty sample
+    included; under bf16 autocast equal to bf16's precision."""
+    torch.manual_seed(0)
+    att = CandidateAttention(6, 5, (7, 4)).double()
+    states, candidate = torch.randn(3, 4, 6, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    lengths = torch.tensor([4, 2, 0])
+    for dtype, autocast in ((torch.float64, False), (torch.float32, True)):
+        att = att.to(dtype)
+        results = []
+        for old in (False, True):
+            att.old_step_kernels = old
+            att.zero_grad(set_to_none=True)
+            s, c = states.to(dtype).requires_grad_(), candidate.to(dtype).requires_grad_()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = att(s, lengths, c)
+            (out.float() * torch.arange(6.0)).sum().backward()
+            results.append([out, s.grad, c.grad] + [p.grad for p in att.parameters()])
+        for new, reference in zip(*results):
+            tolerance = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 0, "atol": 1e-12}
+            torch.testing.assert_close(new, reference, **tolerance)
