@@ -32,7 +32,9 @@ class _ProjectedTwice(torch.autograd.Function):
         ctx.per_modality = per_modality
         ctx.save_for_backward(x, weight, y)
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no GEMM for it
-        return y, y.clone()
+        # Two outputs of one value: the second a view, so that autograd gives each its own
+        # gradient without a copy (an in-place change of either would raise, not go unseen).
+        return y, y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad: Optional[torch.Tensor], grad_detached: Optional[torch.Tensor]):
