@@ -14,6 +14,7 @@ synthetic stream at the small preset (1317 items, mean title 8.7 of h = 12 words
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from marn_rec.validation import is_tracing
@@ -61,29 +62,45 @@ class TitleCNN(nn.Module):
             torch.Tensor: [U, filters * len(windows)], zeros for an empty title.
         """
         h = words.shape[1]
-        x = words.transpose(1, 2)  # Conv1d wants channels first.
         lengths = lengths.to(words.device).long().clamp(0, h)
-        old = self.old_step_kernels
-        if not old and not is_tracing() and torch.is_autocast_enabled(x.device.type):
+        if self.old_step_kernels:
+            return self._forward_old(words, lengths)
+        x = words
+        if not is_tracing() and torch.is_autocast_enabled(x.device.type):
             # One cast for the three convolutions instead of one each.
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        # [U, h, word_dim] is Conv1d's [U, word_dim, h] in the channels-last layout. As a 2-D
+        # convolution over a [U, word_dim, 1, h] view it runs on that layout without a copy, and
+        # its output is channels-last too: [U, h - w + 1, filters], contiguous. (Conv1d on the
+        # transposed view took 2.6x the time of the whole title CNN in fp32 on our CPU.)
+        x = x.transpose(1, 2).unsqueeze(2)
+        starts = torch.arange(h, device=words.device)
         pooled = []
         for w, conv in zip(self.windows, self.convs):
-            y = torch.relu(conv(x))  # [U, filters, h - w + 1]
+            y = F.conv2d(x, conv.weight.unsqueeze(2), conv.bias).squeeze(2).transpose(1, 2)
+            y = torch.relu(y)  # [U, h - w + 1, filters]
             # Window t covers words t .. t + w - 1: inside the title when t <= L - w; a title
             # shorter than w keeps window 0, an empty title none (last = -1: its output is 0).
             # Masked entries become 0, which never exceeds a ReLU output, so the max is the max
             # over the windows inside the title.
+            last = torch.where(lengths > 0, (lengths - w).clamp_min(0), -1)
+            inside = starts[: y.shape[1]].unsqueeze(0) <= last.unsqueeze(1)
+            y = y * inside.unsqueeze(2).to(y.dtype)
+            # max, not amax: its backward routes the gradient through the argmax alone (amax
+            # splits it over ties, a pass more over y); ties of positive values aside, which have
+            # measure zero, both are the same.
+            pooled.append(y.max(dim=1).values)
+        return torch.cat(pooled, dim=1)
+
+    def _forward_old(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The kernels of 2026-12-01 (``old_step_kernels``): Conv1d on the transposed words,
+        amax pooling, the empty-title mask applied after it."""
+        x = words.transpose(1, 2)  # Conv1d wants channels first.
+        pooled = []
+        for w, conv in zip(self.windows, self.convs):
+            y = torch.relu(conv(x))  # [U, filters, h - w + 1]
             starts = torch.arange(y.shape[2], device=words.device)
             last = (lengths - w).clamp_min(0)
-            if not old:  # (the old kernels masked empty titles apart, after the max)
-                last = torch.where(lengths > 0, last, -1)
             y = y * (starts.unsqueeze(0) <= last.unsqueeze(1)).unsqueeze(1).to(y.dtype)
-            if old:
-                pooled.append(y.amax(dim=2) * (lengths > 0).to(words.dtype).unsqueeze(1))
-            else:
-                # max, not amax: its backward routes the gradient through the argmax alone (amax
-                # splits it over ties, a pass more over y); ties of positive values aside, which
-                # have measure zero, both are the same.
-                pooled.append(y.max(dim=2).values)
+            pooled.append(y.amax(dim=2) * (lengths > 0).to(words.dtype).unsqueeze(1))
         return torch.cat(pooled, dim=1)
