@@ -206,9 +206,9 @@ def test_fast_step_quick(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "whole step, fast+keep against old" in out and "page faults/step" in out
     results = json.loads((tmp_path / "fast_step.json").read_text())
-    assert set(results["ms_per_step"]) == {"old", "fast", "fast+keep"}
+    assert set(results["ms_per_step"]) == {"old", "fast", "fast+keep", "fp32"}
     assert [o["kept"] for o in results["runs"]["fast+keep"]] == [allocator._glibc() is not None]
-    assert not any(o["kept"] for v in ("old", "fast") for o in results["runs"][v])
+    assert not any(o["kept"] for v in ("old", "fast", "fp32") for o in results["runs"][v])
     assert results["ratios"]["fast+keep / old"] == pytest.approx(
         results["ms_per_step"]["old"] / results["ms_per_step"]["fast+keep"])
     assert (tmp_path / "fast_step.md").exists() and not (tmp_path / "batches.pt").exists()

@@ -107,7 +107,9 @@ def qps_parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-reps", type=int, default=d.floor_reps, help="timed passes of each component for the floor")
     p.add_argument("--fast-step", nargs="?", const="all", default=d.fast_step, choices=FAST_STEP_MODES,
                    help="runs that also time the fast step (training forward under bf16 autocast, "
-                        "fused dense AdaGrad, the kernels of 2026-12-02: packed APGRU, max pooling) "
+                        "fused dense AdaGrad, the current kernels: packed APGRU, max pooling, the title "
+                        "CNN on channels-last words, DDMA's shared projections and losses, the "
+                        "candidate attention's split first layer) "
                         "against the old one (fp32, AdaGrad's loop, the kernels of 2026-12-01) in "
                         "interleaved windows: those of "
                         "the smallest size, all (the flag alone) or none")

@@ -10,7 +10,9 @@ of the machine's load hits every variant alike:
   malloc as it comes;
 * ``fast``: bf16 autocast, the fused dense AdaGrad, the current kernels, glibc's malloc as it comes
   (the fast step that ``qps.py`` times);
-* ``fast+keep``: the same with freed memory kept mapped (:func:`keep_freed_memory`).
+* ``fast+keep``: the same with freed memory kept mapped (:func:`keep_freed_memory`);
+* ``fp32``: fp32, AdaGrad's loop, the current kernels, glibc's malloc as it comes: what training
+  runs by default (without ``--dense-dtype bf16 --fused-optimizer``), for the kernels' share.
 
 The model is ``qps.py``'s unsharded baseline (sparse AdaGrad for the tables), on the same
 pre-generated batches for every process.
@@ -32,12 +34,13 @@ from marn_rec.benchmarks.config import SCRATCH_DIR, model_config
 from marn_rec.benchmarks.goals import GOAL_FAST_STEP
 from marn_rec.benchmarks.machine import machine_info, peak_rss_bytes
 
-OLD, FAST, FAST_KEEP = "old", "fast", "fast+keep"
-VARIANTS = (OLD, FAST, FAST_KEEP)
+OLD, FAST, FAST_KEEP, FP32 = "old", "fast", "fast+keep", "fp32"
+VARIANTS = (OLD, FAST, FAST_KEEP, FP32)
 DESCRIPTIONS = {
     OLD: "fp32, AdaGrad loop, kernels of 2026-12-01, glibc malloc",
     FAST: "bf16 autocast, fused AdaGrad, current kernels, glibc malloc",
     FAST_KEEP: "the same, freed memory kept mapped",
+    FP32: "fp32, AdaGrad loop, current kernels, glibc malloc (training's default)",
 }
 
 
@@ -75,10 +78,10 @@ def _time_variant(variant: str, cfg: FastStepConfig, batch_path: str) -> Dict[st
     torch.manual_seed(cfg.seed)
     model = MARNTrain(MARN(model_config(cfg.preset, cfg.num_items)))
     optimizers, _ = sparse_baseline(model, 0.1)
-    fast = variant != OLD
+    fast = variant in (FAST, FAST_KEEP)
     if fast:
         optimizers = [optimizers[0], _fused_like(optimizers[1])]
-    use_old_step_kernels(model, not fast)
+    use_old_step_kernels(model, variant == OLD)
     batches = torch.load(batch_path, weights_only=False)
     model.train()
 
@@ -155,7 +158,7 @@ def run_fast_step(cfg: FastStepConfig, log: Callable[[str], None] = print) -> Di
     ms = {v: statistics.median(o["ms_per_step"] for o in runs[v]) for v in VARIANTS}
     faults = {v: statistics.median(o["faults_per_step"] for o in runs[v]) for v in VARIANTS}
     ratios = {"fast / old": ms[OLD] / ms[FAST], "fast+keep / fast": ms[FAST] / ms[FAST_KEEP],
-              "fast+keep / old": ms[OLD] / ms[FAST_KEEP]}
+              "fast+keep / old": ms[OLD] / ms[FAST_KEEP], "fp32 / old": ms[OLD] / ms[FP32]}
     for v in VARIANTS:
         log(f"{v:10s} {ms[v]:7.1f} ms/step  {cfg.batch_size * 1e3 / ms[v]:7.0f} samples/s  "
             f"{faults[v]:7.0f} page faults/step  ({DESCRIPTIONS[v]})")
