@@ -14,12 +14,19 @@ from marn_rec.modules.title_cnn import TitleCNN
 from marn_rec.testing import random_batch
 
 
-def test_per_modality_linear_is_one_linear_per_slot() -> None:
+@pytest.mark.parametrize("old_step_kernels", [False, True])
+def test_per_modality_linear_is_one_linear_per_slot(old_step_kernels: bool) -> None:
     lin = PerModalityLinear(3, 4, 5)
-    x = torch.randn(7, 3, 4)
+    lin.old_step_kernels = old_step_kernels
+    x = torch.randn(7, 3, 4, requires_grad=True)
     y = lin(x)
     for m in range(3):
         torch.testing.assert_close(y[:, m], x[:, m] @ lin.weight[m] + lin.bias[m])
+    g = torch.randn(7, 3, 5)
+    (y * g).sum().backward()
+    for m in range(3):  # d/dx of x_m W_m is g_m W_m^T; d/dW_m is x_m^T g_m
+        torch.testing.assert_close(x.grad[:, m], g[:, m] @ lin.weight[m].t())
+        torch.testing.assert_close(lin.weight.grad[m], x[:, m].detach().t() @ g[:, m])
 
 
 def test_maf_is_eq_2_and_3() -> None:
