@@ -183,6 +183,21 @@ def test_floor_only_with_the_fast_step(tmp_path, capsys) -> None:
     assert len(fast["pair_ratios"]) == QUICK["windows"] and fast["ratio"] > 0
     assert 0 <= fast["mean_abs_probability_difference"] <= fast["max_abs_probability_difference"] < 0.05
     assert any(line.startswith("ratio fast/old step samples/s [baseline") for line in out.splitlines())
+    assert fast["dtype"] == "bf16" and "bf16 autocast + fused AdaGrad" in out
+
+
+def test_fast_step_in_fp32_predicts_as_the_old_step(tmp_path, capsys) -> None:
+    """``--fast-dtype fp32``: the current kernels and the fused AdaGrad without autocast; the
+    predictions equal the old step's to fp32 rounding (bf16's differ by up to 0.05 above)."""
+    argv = ["--quick", "--floor-only", "--no-floor", "--fast-step", "--fast-dtype", "fp32",
+            "--baseline-threads", "1", "--out-dir", str(tmp_path)]
+    assert cli.qps_main(argv) == 0
+    out = capsys.readouterr().out
+    fast = json.loads((tmp_path / "qps.json").read_text())["runs"][0]["fast_step"]
+    assert fast["dtype"] == "fp32" and fast["max_abs_probability_difference"] < 1e-5
+    assert "fast step (fp32 + fused AdaGrad + new kernels) / old" in out
+    with pytest.raises(SystemExit):
+        cli.qps_main(["--fast-dtype", "fp16"])
 
 
 def test_fast_step_runs_by_default_at_the_smallest_size_only() -> None:

@@ -13,7 +13,7 @@ from marn_rec.benchmarks.fast_step import (
     render_fast_step_markdown,
     run_fast_step,
 )
-from marn_rec.benchmarks.config import FAST_STEP_MODES, QUICK, RECORDS_DIR, QPSConfig
+from marn_rec.benchmarks.config import FAST_DTYPES, FAST_STEP_MODES, QUICK, RECORDS_DIR, QPSConfig
 from marn_rec.benchmarks.goals import goal_lines
 from marn_rec.benchmarks.qps import run_qps
 from marn_rec.benchmarks.report import plot_qps, render_apgru_markdown, render_qps_markdown, write_outputs
@@ -106,13 +106,16 @@ def qps_parser() -> argparse.ArgumentParser:
                    help="skip the compute floor (FLOPs per component, GEMM rate, time/floor)")
     p.add_argument("--floor-reps", type=int, default=d.floor_reps, help="timed passes of each component for the floor")
     p.add_argument("--fast-step", nargs="?", const="all", default=d.fast_step, choices=FAST_STEP_MODES,
-                   help="runs that also time the fast step (training forward under bf16 autocast, "
+                   help="runs that also time the fast step (training forward under bf16 autocast or in fp32, "
                         "fused dense AdaGrad, the current kernels: packed APGRU, max pooling, the title "
                         "CNN on channels-last words, DDMA's shared projections and losses, the "
                         "candidate attention's split first layer) "
                         "against the old one (fp32, AdaGrad's loop, the kernels of 2026-12-01) in "
                         "interleaved windows: those of "
                         "the smallest size, all (the flag alone) or none")
+    p.add_argument("--fast-dtype", default=d.fast_dtype, choices=FAST_DTYPES,
+                   help="the fast step's dense dtype: bf16 autocast, or fp32 (the current kernels and "
+                        "the fused AdaGrad alone; predictions equal the old step's to rounding)")
     p.add_argument("--interleave-pipeline", action="store_true",
                    help="pipelined runs also time a plain-loop twin of the model in interleaved windows "
                         "(the pipeline's effect, immune to load drift; twice the tables' memory)")
@@ -149,7 +152,7 @@ def qps_config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> QPSCo
         pipeline={"both": [False, True], "on": [True], "off": [False]}[args.pipeline],
         table_dtypes=list(args.table_dtypes), memory_budget_gib=args.memory_budget_gib,
         floor=not args.no_floor, floor_reps=args.floor_reps, floor_only=args.floor_only,
-        fast_step=args.fast_step, interleave_pipeline=args.interleave_pipeline,
+        fast_step=args.fast_step, fast_dtype=args.fast_dtype, interleave_pipeline=args.interleave_pipeline,
         keep_freed_memory=args.keep_freed_memory,
     )
     unknown = [t for t in cfg.table_dtypes if t not in TABLE_DTYPES]

@@ -41,6 +41,7 @@ def run_label(mode: str, pipeline: bool = False, table_dtype: str = "fp32") -> s
 
 
 FAST_STEP_MODES = ("off", "smallest", "all")
+FAST_DTYPES = ("bf16", "fp32")
 
 
 @dataclass
@@ -87,6 +88,9 @@ class QPSConfig:
     # in the runs of the smallest size with dedup on (the default: the ratio in every full sweep, at the cost of
     # one size's extra windows), "all": every run, "off".
     fast_step: str = "smallest"
+    # The fast step's dense dtype: "bf16" (autocast) or "fp32" (the current kernels and the fused
+    # AdaGrad alone, whose predictions equal the old step's to rounding).
+    fast_dtype: str = "bf16"
     # Every benchmark process keeps the memory a step frees mapped (training: --keep-freed-memory)
     # (marn_rec.training.allocator). Besides the speed, this keeps the interleaved windows fair:
     # with glibc's malloc as it comes, the old step ran 20-25% slower in a process where the fast
@@ -99,6 +103,8 @@ class QPSConfig:
     def fast_step_at(self, num_items: int, dedup: bool = True) -> bool:
         """Whether a run of ``num_items`` (item tower over unique items if ``dedup``) compares the
         fast step with the old one."""
+        if self.fast_dtype not in FAST_DTYPES:
+            raise ValueError(f"fast_dtype must be one of {FAST_DTYPES}, got {self.fast_dtype!r}")
         if self.fast_step not in FAST_STEP_MODES:
             raise ValueError(f"fast_step must be one of {FAST_STEP_MODES}, got {self.fast_step!r}")
         return self.fast_step == "all" or (

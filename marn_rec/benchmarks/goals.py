@@ -27,6 +27,11 @@ GOAL_FAST_STEP = 1.5
 _DEFAULTS = {"pipeline": False, "table_dtype": "fp32"}
 
 
+def fast_step_name(fast_step: Dict[str, Any]) -> str:
+    """What a run's fast step was: its dense dtype, the fused AdaGrad and the current kernels."""
+    dtype = fast_step.get("dtype", "bf16")  # records before --fast-dtype ran bf16
+    return ("bf16 autocast" if dtype == "bf16" else "fp32") + " + fused AdaGrad + new kernels"
+
 def ok_runs(records: Iterable[Dict[str, Any]], **match: Any) -> List[Dict[str, Any]]:
     """The records that ran (status ok) and have every ``key=value`` of ``match``."""
     return [
@@ -322,8 +327,8 @@ def goal_lines(goals: Dict[str, Any]) -> List[str]:
         lines.append(
             f"ratio fast/old step samples/s [{f['label']}, num_items={f['num_items']:,}"
             f"{'' if f['dedup'] else ', per-slot'}]: {f['ratio']:.2f}x, interleaved windows "
-            f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s; bf16 autocast + fused "
-            f"AdaGrad + new kernels; |p_fast - p_old| max {f['max_abs_probability_difference']:.2g}, "
+            f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s; {fast_step_name(f)}; "
+            f"|p_fast - p_old| max {f['max_abs_probability_difference']:.2g}, "
             f"mean {f.get('mean_abs_probability_difference', float('nan')):.2g}) "
             f"(goal >= {GOAL_FAST_STEP}x: {verdict(f['ratio'] >= GOAL_FAST_STEP)})"
         )

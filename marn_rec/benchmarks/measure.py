@@ -140,7 +140,7 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
             optimizer.zero_grad()
 
     def model_forward(batch: Any) -> Any:
-        if fast["on"]:
+        if fast["on"] and cfg.fast_dtype == "bf16":
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 return step_model(batch)
         return step_model(batch)
@@ -241,7 +241,9 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         i += 2 * (cfg.windows + 1) * cfg.steps_per_window
         if spec.pipeline:
             pipeline.detach()  # the sharded modules' own forward, for the evaluation below
-        out["fast_step"].update(_prediction_difference(step_model, batches[rank % len(batches)], device, old_kernels))
+        out["fast_step"].update(_prediction_difference(step_model, batches[rank % len(batches)], device,
+                                                       old_kernels, cfg.fast_dtype))
+        out["fast_step"]["dtype"] = cfg.fast_dtype
 
     if spec.mode == BASELINE and cfg.tower_reps > 0:
         out["tower_ms"] = _tower_ms(model, batches, cfg.tower_reps, device)
@@ -322,19 +324,20 @@ def _compare_pipeline(step, plain_step, i: int, cfg: QPSConfig, device: torch.de
 
 @torch.no_grad()
 def _prediction_difference(model: nn.Module, batch: Any, device: torch.device,
-                           old_kernels: Callable[[bool], None]) -> Dict[str, float]:
+                           old_kernels: Callable[[bool], None], fast_dtype: str = "bf16") -> Dict[str, float]:
     """max and mean |p_fast - p_old| of the click probabilities of one batch, same weights, eval
-    mode: the fast forward (bf16 autocast, current kernels) against the old one (fp32, old
-    kernels). The kernels agree in fp32 (tested; to 6e-8 in probability at initialisation on the
-    small preset since the title CNN became a 2-D convolution), so the difference is bf16's; its max over a batch is one sample's (up to 0.1 on trained
-    weights), hence the mean beside it."""
+    mode: the fast forward (current kernels, under bf16 autocast if ``fast_dtype`` is "bf16")
+    against the old one (fp32, old kernels). The kernels agree in fp32 (tested; to 6e-8 in
+    probability at initialisation on the small preset since the title CNN became a 2-D
+    convolution), so under bf16 the difference is bf16's; its max over a batch is one sample's (up
+    to 0.1 on trained weights), hence the mean beside it."""
     was = model.training
     model.eval()
     try:
         old_kernels(True)
         p_old = torch.sigmoid(model(batch)[1][1].float())
         old_kernels(False)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast_dtype == "bf16"):
             p_fast = torch.sigmoid(model(batch)[1][1].float())
     finally:
         old_kernels(False)

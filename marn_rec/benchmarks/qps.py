@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 
 from marn_rec.benchmarks.config import BASELINE, ROW_WISE, QPSConfig, RunSpec, model_config, run_label
-from marn_rec.benchmarks.goals import evaluate_goals
+from marn_rec.benchmarks.goals import evaluate_goals, fast_step_name
 from marn_rec.benchmarks.launcher import launch
 from marn_rec.benchmarks.machine import GIB, MIB, machine_info
 from marn_rec.benchmarks.measure import generate_batches
@@ -214,6 +214,7 @@ def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> 
                 r["fast_step"]["max_abs_probability_difference"] for r in per_rank),
             "mean_abs_probability_difference": statistics.mean(
                 r["fast_step"]["mean_abs_probability_difference"] for r in per_rank),
+            "dtype": per_rank[0]["fast_step"]["dtype"],
         }
     return rec
 
@@ -257,7 +258,7 @@ def log_record(rec: Dict[str, Any], log: Log) -> None:
             f"({v['plain_samples_per_s']:.0f} -> {v['pipelined_samples_per_s']:.0f} samples/s)")
     if "fast_step" in rec:
         f = rec["fast_step"]
-        log(f"      fast step (bf16 autocast + fused AdaGrad + new kernels) / old, interleaved windows: {f['ratio']:.2f}x "
+        log(f"      fast step ({fast_step_name(f)}) / old, interleaved windows: {f['ratio']:.2f}x "
             f"({f['old_samples_per_s']:.0f} -> {f['fast_samples_per_s']:.0f} samples/s); "
             f"|p_fast - p_old| max {f['max_abs_probability_difference']:.2g}, "
             f"mean {f['mean_abs_probability_difference']:.2g}")
