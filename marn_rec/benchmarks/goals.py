@@ -32,6 +32,7 @@ def fast_step_name(fast_step: Dict[str, Any]) -> str:
     dtype = fast_step.get("dtype", "bf16")  # records before --fast-dtype ran bf16
     return ("bf16 autocast" if dtype == "bf16" else "fp32") + " + fused AdaGrad + new kernels"
 
+
 def ok_runs(records: Iterable[Dict[str, Any]], **match: Any) -> List[Dict[str, Any]]:
     """The records that ran (status ok) and have every ``key=value`` of ``match``."""
     return [
