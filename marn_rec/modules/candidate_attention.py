@@ -88,6 +88,8 @@ class CandidateAttention(nn.Module):
         if self.old_step_kernels or not isinstance(self.mlp, MLP):
             pairs = torch.cat([states, candidate.unsqueeze(1).expand(b, t, -1)], dim=2)
             return self.mlp(pairs)
+        # torchrec's MLP is a Sequential (_mlp) of Perceptrons (_linear, then _activation_fn); the
+        # tests compare this path with the MLP's own forward, so a change there shows.
         first, *rest = list(self.mlp._mlp)
         w, h = first._linear.weight, self.state_dim
         per_candidate = F.linear(candidate, w[:, h:], first._linear.bias)
