@@ -137,9 +137,12 @@ def test_flags_of_speed_and_scale() -> None:
     p = cli.qps_parser()
     cfg = cli.qps_config_from_args(p.parse_args([]), [])
     assert cfg.pipeline == [False, True] and cfg.table_dtypes == ["fp32"] and cfg.floor and not cfg.floor_only
-    argv = ["--pipeline", "on", "--table-dtype", "fp16", "--memory-budget-gib", "6", "--no-floor"]
+    assert cfg.replicate_max_rows == 0
+    argv = ["--pipeline", "on", "--table-dtype", "fp16", "--memory-budget-gib", "6", "--no-floor",
+            "--replicate-max-rows", "5000"]
     cfg = cli.qps_config_from_args(p.parse_args(argv), argv)
     assert cfg.pipeline == [True] and cfg.table_dtypes == ["fp16"] and cfg.memory_budget_gib == 6.0
+    assert cfg.replicate_max_rows == 5000
     assert not cfg.floor
     with pytest.raises(SystemExit):
         cli.qps_config_from_args(p.parse_args(["--table-dtype", "int8"]), ["--table-dtype", "int8"])

@@ -104,6 +104,29 @@ def test_table_wise_plan_bytes_per_rank() -> None:
     assert max(p["weights"] for p in per_rank) >= item_rows * item_dim * 4
 
 
+
+@pytest.mark.parametrize("sharding_type", [COLUMN_WISE, TABLE_WISE])
+def test_replicated_small_tables_in_the_plans(sharding_type: str) -> None:
+    """``replicate_max_rows``: exactly the pooled tables that small are data-parallel (dense kernel,
+    a full replica on every rank); the item table and the title words' sequence table are not."""
+    from marn_rec.training.sharding import replicated_tables
+
+    model = _meta_small()
+    shapes = table_shapes(model)
+    expected = {t for t, (rows, _, _) in shapes.items() if rows <= 5000 and t != "t_title_words"}
+    assert set(replicated_tables(model, 5000)) == expected and "t_shop_id" in expected
+    plan = make_plan(model, 2, "cpu", sharding_type, replicate_max_rows=5000)
+    kinds = {t: ps for module_plan in plan.plan.values() for t, ps in module_plan.items()}
+    assert {t for t, ps in kinds.items() if ps.sharding_type == "data_parallel"} == expected
+    assert all(kinds[t].compute_kernel == "dense" for t in expected)
+    assert kinds["t_item_id"].sharding_type == sharding_type
+    assert kinds["t_title_words"].sharding_type != "data_parallel"
+    per_rank = plan_bytes_per_rank(plan, shapes, 2)
+    replica = sum(r * c * e for t, (r, c, e) in shapes.items() if t in expected)
+    total = sum(r * c * e for r, c, e in shapes.values())
+    assert sum(p["weights"] for p in per_rank) == total + replica  # one more copy of each replica
+    assert set(replicated_tables(model, 0)) == set()
+
 def test_even_column_split_respects_fbgemm_multiple_of_4() -> None:
     assert column_shards(32, 2) == 2
     assert column_shards(8, 4) == 2  # 4 columns per shard at least

@@ -99,9 +99,11 @@ def _reference_and_dmp(
     sharding_types: Optional[Sequence[str]] = None,
     embedding_optimizer: type = RowWiseAdagrad,
     seed: int = 0,
+    replicate_max_rows: int = 0,
 ) -> Tuple[MARNTrain, nn.Module]:
     """An unsharded model built on CPU from ``seed``, and a DMP model built on meta with its
-    weights. ``sharding_types=None``: the planner's choice among the CPU sharding types."""
+    weights. ``sharding_types=None``: the planner's choice among the CPU sharding types; pooled
+    tables of at most ``replicate_max_rows`` rows replicated."""
     torch.manual_seed(seed)
     reference = MARNTrain(MARN(config))
     apply_embedding_optimizer(reference, lr=LR, optimizer_class=embedding_optimizer)
@@ -110,7 +112,9 @@ def _reference_and_dmp(
     plan = None
     if sharding_types is not None and list(sharding_types) == ["column_wise"]:
         plan = _column_wise_plan(model, dist.get_world_size(pg))
-    dmp = shard_model(model, CPU, pg, sharding_types=sharding_types, plan=plan)
+    dmp = shard_model(
+        model, CPU, pg, sharding_types=sharding_types, plan=plan, replicate_max_rows=replicate_max_rows
+    )
     load_unsharded_state_dict(dmp, reference.state_dict())
     return reference, dmp
 
@@ -322,6 +326,81 @@ def test_dmp_matches_unsharded_model(monkeypatch: pytest.MonkeyPatch, sharding_t
             assert paper["losses"] == pytest.approx(paper["reference_losses"], abs=2e-2)
         for name in ("rowwise_tables", "paper"):
             assert all(math.isfinite(x) for x in result[name]["losses"]), name
+
+
+# ---------------------------------------------------------------------- replicated small tables
+
+REPLICATE_MAX_ROWS = 10  # tiny(): shop, brand, category, the 10-bucket statistics, both properties
+
+
+def _replicated_worker(rank: int, world_size: int) -> Dict[str, Any]:
+    """Table-wise DMP with the small pooled tables replicated, against the unsharded model."""
+    from marn_rec.training.sharding import replicated_tables
+
+    with _process_group(rank, world_size) as pg:
+        config = tiny()
+        catalog = RandomCatalog(config)
+        batches = [
+            [random_batch(config, BATCH_SIZES[r], seed=100 * step + r, catalog=catalog) for r in range(world_size)]
+            for step in range(STEPS)
+        ]
+        out: Dict[str, Any] = {}
+        for name, embedding_optimizer, dense_optimizer in OPTIMIZERS[1:]:
+            reference, dmp = _reference_and_dmp(
+                config, pg, ["table_wise"], embedding_optimizer, replicate_max_rows=REPLICATE_MAX_ROWS
+            )
+            out["expected"] = replicated_tables(reference, REPLICATE_MAX_ROWS)
+            out["plan"] = {
+                table: p.sharding_type for module_plan in dmp.plan.plan.values() for table, p in module_plan.items()
+            }
+            optimizer = training_optimizer(dmp, LR, dense_optimizer)
+            out["optimizer_groups"] = sorted({k.split(".")[0] for k in optimizer.state_dict()["state"]})
+            reference_optimizer = training_optimizer(reference, LR, dense_optimizer)
+            steps = [
+                _dmp_and_reference_step(dmp, reference, optimizer, reference_optimizer, b, rank)
+                for b in batches
+            ]
+            diffs = _state_max_diff(dmp, reference.state_dict())
+            # The replicated tables, as this rank holds them after training (same on every rank?).
+            state = dmp.state_dict()
+            out[name] = {
+                "losses": [s[0] for s in steps],
+                "reference_losses": [s[1] for s in steps],
+                "logit_diffs": [s[2] for s in steps],
+                "state_diff": max(diffs.values()),
+                "replicated": {
+                    k: v.clone() for k, v in state.items()
+                    if not isinstance(v, ShardedTensor) and any(f".{t}." in k for t in out["expected"])
+                },
+            }
+        return out
+
+
+def test_replicated_small_tables_train_as_table_wise_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``replicate_max_rows``: the small pooled tables are data-parallel, the rest (and the sequence
+    table) sharded; training follows the unsharded model as table-wise sharding does, and the
+    replicated tables stay equal on both ranks."""
+    results = _spawn(monkeypatch, _replicated_worker)
+    r0 = results[0]
+    expected = set(r0["expected"])
+    assert expected == {"t_shop_id", "t_brand_id", "t_category_id", "t_stat0_b10", "t_stat1_b10",
+                        "t_behavior_type", "t_behavior_time"}
+    assert {t for t, kind in r0["plan"].items() if kind == "data_parallel"} == expected
+    assert r0["plan"]["t_title_words"] == "table_wise" and r0["plan"]["t_item_id"] == "table_wise"
+    assert "replicated" in r0["optimizer_groups"]
+    for result in results:
+        rowwise, paper = result["rowwise_tables"], result["paper"]
+        assert rowwise["logit_diffs"][0] < 1e-6
+        # Row-wise AdaGrad on a replicated table (TorchRec's dense RowWiseAdagrad after DDP's
+        # average) == FBGEMM's fused one on the unsharded table.
+        assert rowwise["losses"] == pytest.approx(rowwise["reference_losses"], abs=1e-5)
+        assert rowwise["state_diff"] < 1e-5
+        assert paper["losses"] == pytest.approx(paper["reference_losses"], abs=1e-3)
+    for name in ("rowwise_tables", "paper"):
+        tables = results[0][name]["replicated"]
+        assert len(tables) == len(expected)
+        for key, value in tables.items():
+            torch.testing.assert_close(value, results[1][name]["replicated"][key], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------------- ablations

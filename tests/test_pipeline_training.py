@@ -138,3 +138,8 @@ def test_command_line_flags(tmp_path: Path) -> None:
     cfg = parse_train_args(["--preset", "tiny", "--out-dir", str(tmp_path), "--no-pipeline",
                             "--dense-dtype", "bf16", "--fused-optimizer"])
     assert (cfg.pipeline, cfg.dense_dtype, cfg.fused_optimizer) == (False, "bf16", True)
+    assert cfg.replicate_max_rows == 0
+    cfg = parse_train_args(["--preset", "tiny", "--out-dir", str(tmp_path), "--replicate-max-rows", "100"])
+    assert cfg.replicate_max_rows == 100
+    with pytest.raises(SystemExit):
+        parse_train_args(["--preset", "tiny", "--out-dir", str(tmp_path), "--replicate-max-rows", "-1"])

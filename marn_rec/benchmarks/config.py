@@ -99,6 +99,9 @@ class QPSConfig:
     # Pipelined runs also build a plain-loop twin of the model (twice the tables' memory) and time
     # the two in interleaved windows: the pipeline's effect, immune to a drift of the machine's load.
     interleave_pipeline: bool = False
+    # Sharded runs replicate the pooled tables of at most this many rows on every rank (TorchRec's
+    # data_parallel: no all-to-all for their lookups; training: --replicate-max-rows); 0: none.
+    replicate_max_rows: int = 0
 
     def fast_step_at(self, num_items: int, dedup: bool = True) -> bool:
         """Whether a run of ``num_items`` (item tower over unique items if ``dedup``) compares the

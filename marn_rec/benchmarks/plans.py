@@ -28,24 +28,29 @@ def table_shapes(model: nn.Module) -> Dict[str, Tuple[int, int, int]]:
     return shapes
 
 
-def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type: str, batch_size: int = 1024):
+def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type: str, batch_size: int = 1024,
+              replicate_max_rows: int = 0):
     """The sharding plan of a benchmark run (computed without a process group).
 
     ``column_wise``: every table in equal column blocks over as many ranks as its width allows
     (FBGEMM needs multiples of 4 columns), so that each rank holds ~1/N of every table.
     Otherwise TorchRec's planner restricted to ``sharding_type`` (what ``shard_model`` would do).
+    Either way the pooled tables of at most ``replicate_max_rows`` rows are replicated
+    (``data_parallel``), as ``shard_model(..., replicate_max_rows=...)`` does.
     """
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.sharding_plan import (
         column_wise,
         construct_module_sharding_plan,
+        data_parallel,
         get_default_sharders,
         table_wise,
     )
     from torchrec.distributed.types import ShardingPlan
 
-    from marn_rec.training.sharding import column_shards, embedding_tables, sharding_constraints
+    from marn_rec.training.sharding import column_shards, embedding_tables, replicated_tables, sharding_constraints
 
+    replicated = set(replicated_tables(model, replicate_max_rows))
     if sharding_type == COLUMN_WISE:
         plans = {}
         next_rank = 0
@@ -56,6 +61,9 @@ def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type
                 k = column_shards(param.shape[1], world_size)
                 ranks = [(next_rank + j) % world_size for j in range(k)]
                 next_rank = (next_rank + k) % world_size
+                if table in replicated:
+                    per_table[table] = data_parallel()
+                    continue
                 per_table[table] = column_wise(ranks=ranks) if k > 1 else table_wise(rank=ranks[0])
             plans[path] = construct_module_sharding_plan(
                 module, per_table, local_size=world_size, world_size=world_size, device_type=device_type
@@ -64,7 +72,7 @@ def make_plan(model: nn.Module, world_size: int, device_type: str, sharding_type
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world_size, compute_device=device_type, local_world_size=world_size),
         batch_size=batch_size,
-        constraints=sharding_constraints(model, [sharding_type]),
+        constraints=sharding_constraints(model, [sharding_type], replicate_max_rows=replicate_max_rows),
     )
     return planner.plan(model, get_default_sharders())
 

@@ -77,7 +77,8 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
                     shapes[dtype] = table_shapes(meta_model)
                     table_total[dtype] = sum(r * c * e for r, c, e in shapes[dtype].values())
                     for st in sharding_types:
-                        plan = make_plan(meta_model, cfg.world_size, device, st, cfg.batch_size)
+                        plan = make_plan(meta_model, cfg.world_size, device, st, cfg.batch_size,
+                                         cfg.replicate_max_rows)
                         path = os.path.join(work_dir, f"plan_{num_items}_{st}_{dtype}.pt")
                         torch.save(plan, path)
                         plans[(st, dtype)] = (path, plan_bytes_per_rank(plan, shapes[dtype], cfg.world_size))

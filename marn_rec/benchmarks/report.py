@@ -45,7 +45,10 @@ def render_qps_markdown(results: Dict[str, Any], command: Optional[str] = None) 
         f"Model: `{cfg['preset']}` preset, `num_items` swept; batch {cfg['batch_size']} per process; "
         f"baseline 1 process x {cfg['baseline_threads']} threads, unsharded TorchRec collections with "
         f"`sparse=True` and `torch.optim.Adagrad`; sharded {cfg['world_size']} processes x "
-        f"{cfg['sharded_threads']} thread(s), DMP with FBGEMM's fused row-wise AdaGrad. "
+        f"{cfg['sharded_threads']} thread(s), DMP with FBGEMM's fused row-wise AdaGrad"
+        + (f" (pooled tables of at most {cfg['replicate_max_rows']:,} rows replicated on every rank, "
+           "TorchRec's data_parallel, with TorchRec's dense RowWiseAdagrad)"
+           if cfg.get("replicate_max_rows") else "") + ". "
         f"samples/s is the median of {cfg['windows']} windows of {cfg['steps_per_window']} steps after "
         f"{cfg['warmup_steps']} warm-up steps, on {cfg['num_batches']} pre-generated batches (generation "
         "not timed); global = all processes together.",

@@ -190,6 +190,9 @@ def train_parser(defaults: Optional[TrainConfig] = None, description: Optional[s
                    help=f"allowed sharding types, of {', '.join(SHARDING_TYPES)}; default: the "
                         "planner's choice (on CPU: table_wise column_wise; gloo has no "
                         "reduce-scatter for the row-wise ones)")
+    p.add_argument("--replicate-max-rows", type=int, default=d.replicate_max_rows, metavar="ROWS",
+                   help="replicate the pooled tables of at most ROWS rows on every rank (TorchRec's "
+                        "data_parallel: no all-to-all for their lookups; 0: none)")
     p.add_argument("--table-dtype", default=d.table_dtype, choices=list(TABLE_DTYPES),
                    help="storage of the item tower's tables (IDs, statistics, title words): fp16 "
                         "holds twice the rows per byte of fp32; lookups still return fp32")
@@ -270,6 +273,8 @@ def train_args_problem(a: argparse.Namespace, world_size: int) -> Optional[str]:
         return f"--checkpoint-every must be >= 0 (0: only at the end), got {a.checkpoint_every}"
     if a.num_workers < 0:
         return f"--num-workers must be >= 0, got {a.num_workers}"
+    if a.replicate_max_rows < 0:
+        return f"--replicate-max-rows must be >= 0 (0: none), got {a.replicate_max_rows}"
     if a.stop_after is not None and not 1 <= a.stop_after <= a.steps:
         return f"--stop-after must be in [1, --steps = {a.steps}], got {a.stop_after}"
     if a.sharding_types is not None:

@@ -85,6 +85,9 @@ class TrainConfig:
         resume: "auto" (from the latest complete checkpoint if any), "required", or "never".
         sharding_types: allowed sharding types, None for the planner's choice (on CPU,
             table-wise and column-wise).
+        replicate_max_rows: replicate the pooled tables of at most this many rows on every rank
+            (TorchRec's ``data_parallel``: their lookups need no all-to-all; 0: none). They
+            train as table-wise tables do (:mod:`marn_rec.training.sharding`).
         dedup: item tower once per unique item (True) or once per slot.
         num_workers: data generator processes per rank.
         recall_at: N of the cold-item recall@N (Table 5).
@@ -145,6 +148,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     resume: str = "auto"
     sharding_types: Optional[List[str]] = None
+    replicate_max_rows: int = 0
     dedup: bool = True
     num_workers: int = 0
     recall_at: Tuple[int, ...] = (1, 3, 5)
@@ -171,6 +175,8 @@ class TrainConfig:
             raise ValueError(f"dense_dtype must be one of {DENSE_DTYPES}, got {self.dense_dtype!r}")
         if self.resume not in ("auto", "required", "never"):
             raise ValueError(f"resume must be auto, required or never, got {self.resume!r}")
+        if self.replicate_max_rows < 0:
+            raise ValueError(f"replicate_max_rows must be >= 0 (0: none), got {self.replicate_max_rows}")
         for name in ("batch_size", "steps", "eval_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -337,7 +343,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Dic
         install_reference_tower(marn, cfg.data_config(world))
     model = MARNTrain(marn, total_steps=cfg.steps)
     apply_embedding_optimizer(model, lr=cfg.learning_rate)
-    dmp = shard_model(model, device, sharding_types=cfg.sharding_types)
+    dmp = shard_model(model, device, sharding_types=cfg.sharding_types,
+                      replicate_max_rows=cfg.replicate_max_rows)
     optimizer = training_optimizer(dmp, lr=cfg.learning_rate, fused=cfg.fused_optimizer,
                                    initial_accumulator_value=cfg.dense_initial_accumulator,
                                    attention_initial_accumulator=cfg.attention_initial_accumulator,

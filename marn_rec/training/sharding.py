@@ -6,6 +6,15 @@ and on an unsharded model it runs the same update in the backward hooks, so with
 row-wise) sharding a sharded and an unsharded run train identically. Column-wise sharding keeps one
 row-wise accumulator per column shard, a slightly different optimizer. Dense parameters get
 ``torch.optim.Adagrad``.
+
+Small pooled tables can be replicated instead (``replicate_max_rows``: TorchRec's ``data_parallel``
+sharding, which its planner picks for small tables on GPUs). Their lookups then need no all-to-all
+at all, and their gradients join DDP's all-reduce of the dense ones. TorchRec gives replicated
+tables a plain (non-fused) kernel and drops their in-backward optimizer, so
+:func:`training_optimizer` steps them with the optimizer they were given (``RowWiseAdagrad``:
+TorchRec's dense implementation of FBGEMM's update) after the all-reduce. DDP averages their
+gradients over ranks as TorchRec's sharded tables do, so a replicated table trains as a table-wise
+one does (``tests/test_distributed.py``).
 """
 
 import math
@@ -61,6 +70,22 @@ def table_dims(model: nn.Module) -> Dict[str, int]:
 def table_names(model: nn.Module) -> List[str]:
     """Names of all embedding tables of ``model``."""
     return list(table_dims(model))
+
+
+def replicated_tables(model: nn.Module, max_rows: int) -> List[str]:
+    """Tables of ``model``'s EmbeddingBagCollections with at most ``max_rows`` rows (0: none): those
+    that :func:`plan_sharding` replicates. Sequence tables (EmbeddingCollection) stay sharded:
+    TorchRec 1.8's data-parallel EmbeddingCollection failed on our deduplicated item tower
+    (``split_with_sizes`` of the title words against the unique items)."""
+    if max_rows <= 0:
+        return []
+    return [
+        config.name
+        for _, module in embedding_tables(model)
+        if isinstance(module, EmbeddingBagCollection)
+        for config in module.embedding_bag_configs()
+        if config.num_embeddings <= max_rows
+    ]
 
 
 def column_shards(dim: int, world_size: int) -> int:
@@ -119,11 +144,38 @@ def dense_optimizer(
     optimizer_class: Type[torch.optim.Optimizer] = torch.optim.Adagrad,
     **kwargs: Any,
 ) -> KeyedOptimizerWrapper:
-    """AdaGrad (by default) over the parameters that no in-backward optimizer owns."""
+    """AdaGrad (by default) over the parameters that no in-backward optimizer owns, replicated
+    tables excepted (see :func:`training_optimizer`)."""
     if optimizer_class is torch.optim.Adagrad:
         kwargs.setdefault("initial_accumulator_value", ADAGRAD_INITIAL_ACCUMULATOR)
-    params: Dict[str, nn.Parameter] = dict(in_backward_optimizer_filter(model.named_parameters()))
+    params: Dict[str, nn.Parameter] = {
+        name: p
+        for name, p in in_backward_optimizer_filter(model.named_parameters())
+        if not hasattr(p, REPLICATED_OPTIMIZER)
+    }
     return KeyedOptimizerWrapper(params, lambda ps: optimizer_class(ps, lr=lr, **kwargs))
+
+
+# Set by :func:`shard_model` on the parameter of each replicated table: (optimizer class, kwargs)
+# as ``apply_embedding_optimizer`` gave them to the unsharded table.
+REPLICATED_OPTIMIZER = "_marn_replicated_optimizer"
+
+
+def replicated_optimizer(model: nn.Module) -> Optional[CombinedOptimizer]:
+    """The replicated tables' optimizers (one per optimizer setting), or None without any."""
+    groups: Dict[str, Tuple[Type[torch.optim.Optimizer], Dict[str, Any], Dict[str, nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        spec = getattr(p, REPLICATED_OPTIMIZER, None)
+        if spec is not None:
+            cls, kwargs = spec
+            key = f"{cls.__name__}{sorted(kwargs.items())}"
+            groups.setdefault(key, (cls, kwargs, {}))[2][name] = p
+    if not groups:
+        return None
+    return CombinedOptimizer([
+        KeyedOptimizerWrapper(params, lambda ps, cls=cls, kwargs=kwargs: cls(ps, **kwargs))
+        for cls, kwargs, params in groups.values()
+    ])
 
 
 def candidate_attention_parameters(model: nn.Module) -> List[nn.Parameter]:
@@ -176,22 +228,38 @@ def training_optimizer(
     _start_sums(dense, candidate_attention_parameters(model), attention_initial_accumulator)
     _start_sums(dense, fusion_attention_parameters(model), fusion_initial_accumulator)
     optimizers = [("dense", dense)]
+    replicated = replicated_optimizer(model)
+    if replicated is not None:  # (absent without replicated tables: checkpoints keep their keys)
+        optimizers.insert(0, ("replicated", replicated))
     if isinstance(model, DistributedModelParallel):
         optimizers.insert(0, ("sparse", model.fused_optimizer))
     return CombinedOptimizer(optimizers)
 
 
 def sharding_constraints(
-    model: nn.Module, sharding_types: Sequence[str], world_size: int = 1
+    model: nn.Module,
+    sharding_types: Optional[Sequence[str]],
+    world_size: int = 1,
+    replicate_max_rows: int = 0,
 ) -> Dict[str, ParameterConstraints]:
-    """The same allowed sharding types for every table of ``model``.
+    """The same allowed sharding types for every table of ``model`` (None: the planner's choice),
+    except that the pooled tables of at most ``replicate_max_rows`` rows are replicated
+    (``data_parallel``).
 
     TorchRec's planner never cuts a table into column shards narrower than 128 columns, so
     column-wise would leave MARN's 8- to 300-wide tables whole; where column-wise is allowed the
     minimum shard width is set so that a table can split over up to ``world_size`` ranks.
     """
-    constraints = {}
+    replicated = set(replicated_tables(model, replicate_max_rows))
+    constraints = {
+        name: ParameterConstraints(sharding_types=[ShardingType.DATA_PARALLEL.value])
+        for name in replicated
+    }
+    if not sharding_types:
+        return constraints
     for name, dim in table_dims(model).items():
+        if name in replicated:
+            continue
         shards = column_shards(dim, world_size)
         min_partition = (
             dim // shards
@@ -210,12 +278,14 @@ def plan_sharding(
     compute_device: str,
     sharding_types: Optional[Sequence[str]] = None,
     batch_size: int = 1024,
+    replicate_max_rows: int = 0,
 ) -> ShardingPlan:
-    """TorchRec's planner over the ranks of ``pg``; on CPU limited to :data:`CPU_SHARDING_TYPES`."""
+    """TorchRec's planner over the ranks of ``pg``; on CPU limited to :data:`CPU_SHARDING_TYPES`.
+    Pooled tables of at most ``replicate_max_rows`` rows are replicated (0: none)."""
     if sharding_types is None and compute_device == "cpu":
         sharding_types = CPU_SHARDING_TYPES
     world_size = dist.get_world_size(pg)
-    constraints = sharding_constraints(model, sharding_types, world_size) if sharding_types else None
+    constraints = sharding_constraints(model, sharding_types, world_size, replicate_max_rows) or None
     # torchrun's LOCAL_WORLD_SIZE: ranks per node, so that the planner's cost model tells intra-
     # from inter-node communication on more than one node.
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
@@ -239,10 +309,14 @@ def shard_model(
     pg: Optional[dist.ProcessGroup] = None,
     sharding_types: Optional[Sequence[str]] = None,
     plan: Optional[ShardingPlan] = None,
+    replicate_max_rows: int = 0,
 ) -> DistributedModelParallel:
     """Plans and wraps ``model`` (built on ``meta`` or CPU) in DistributedModelParallel.
 
-    Call :func:`apply_embedding_optimizer` first. Dense parameters are replicated with DDP.
+    Call :func:`apply_embedding_optimizer` first. Dense parameters are replicated with DDP, and so
+    are the pooled tables of at most ``replicate_max_rows`` rows (or those ``plan`` replicates);
+    each replicated table's parameter is marked with the optimizer it was given, for
+    :func:`training_optimizer`.
     """
     missing = [
         f"{path}.{name}"
@@ -258,8 +332,23 @@ def shard_model(
         )
     pg = pg or dist.GroupMember.WORLD
     if plan is None:
-        plan = plan_sharding(model, pg, device.type, sharding_types)
-    return DistributedModelParallel(module=model, device=device, plan=plan)
+        plan = plan_sharding(model, pg, device.type, sharding_types, replicate_max_rows=replicate_max_rows)
+    # The optimizer each table was given, by the parameter's name (DMP keeps the names).
+    optimizers: Dict[str, Tuple[Type[torch.optim.Optimizer], Dict[str, Any]]] = {}
+    for path, module in embedding_tables(model):
+        module_plan = plan.plan.get(path, {})
+        for name, p in module.named_parameters():
+            table = name.split(".")[-2]
+            sharding = module_plan.get(table)  # type: ignore[union-attr]
+            if sharding is not None and sharding.sharding_type == ShardingType.DATA_PARALLEL.value:
+                optimizers[f"{path}.{name}"] = (p._optimizer_classes[0], dict(p._optimizer_kwargs[0]))
+    dmp = DistributedModelParallel(module=model, device=device, plan=plan)
+    for name, p in dmp.named_parameters():
+        if name in optimizers:
+            setattr(p, REPLICATED_OPTIMIZER, optimizers.pop(name))
+    if optimizers:
+        raise RuntimeError(f"replicated tables not found after sharding: {sorted(optimizers)}")
+    return dmp
 
 
 @torch.no_grad()
