@@ -73,6 +73,21 @@ def test_stopped_pipelined_run_resumes_exactly_across_a_segment_boundary(tmp_pat
     assert train(_cfg(tmp_path / "resumed", checkpoint_every=0)) == full
 
 
+
+def test_run_with_replicated_tables_resumes_exactly(tmp_path: Path) -> None:
+    """``replicate_max_rows``: the replicated tables and their optimizer state are checkpointed
+    with the rest (under the optimizer's ``replicated`` group): a stopped run resumes to the
+    uninterrupted result."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    full = train(_cfg(tmp_path / "full", checkpoint_every=0, replicate_max_rows=10))
+    train(_cfg(tmp_path / "resumed", checkpoint_every=0, stop_after=4, replicate_max_rows=10))
+    checkpoint = latest_checkpoint(str(tmp_path / "resumed" / "checkpoints"))
+    keys = FileSystemReader(checkpoint).read_metadata().state_dict_metadata
+    replicated = [k for k in keys if ".replicated." in f".{k}." or k.startswith("replicated")]
+    assert any("t_shop_id" in k for k in replicated), sorted(keys)[:20]
+    assert train(_cfg(tmp_path / "resumed", checkpoint_every=0, replicate_max_rows=10)) == full
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
