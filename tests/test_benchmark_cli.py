@@ -237,3 +237,56 @@ def test_fast_step_quick(tmp_path, capsys) -> None:
     assert "--rounds must be a positive integer" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="the old step failed in its process: FileNotFoundError"):
         _in_fresh_process("old", FastStepConfig(preset="tiny"), str(tmp_path / "missing.pt"))
+
+
+def test_turns_alternate_the_two_sets_window_by_window() -> None:
+    """Turns (--interleave-baseline): with one party in the first set and two in the second, every
+    window of the first set ends before the second set's starts, and the second's before the
+    first's next; the two parties of the second set run together."""
+    import threading
+    import time
+
+    from marn_rec.benchmarks.launcher import Turns
+
+    barrier, log, lock = threading.Barrier(3), [], threading.Lock()
+
+    def party(name: str, first: bool) -> None:
+        turns = Turns(barrier, first, timeout=30)
+        for w in range(3):
+            turns.before_window()
+            with lock:
+                log.append((name, "start", w))
+            time.sleep(0.01)
+            with lock:
+                log.append((name, "end", w))
+            turns.after_window()
+
+    threads = [threading.Thread(target=party, args=(n, n == "base")) for n in ("base", "rank0", "rank1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(log) == 18
+    for w in range(3):
+        chunk = log[6 * w: 6 * (w + 1)]
+        assert chunk[:2] == [("base", "start", w), ("base", "end", w)]
+        assert {(n, what) for n, what, _ in chunk[2:]} == {(r, e) for r in ("rank0", "rank1") for e in ("start", "end")}
+        assert all(x[2] == w for x in chunk)
+
+
+def test_sharded_against_the_baseline_in_turns(tmp_path, capsys) -> None:
+    """--interleave-baseline end to end: the baseline process and a 2-rank gloo set alive at once,
+    one ratio per window pair in the pipelined run's record and a goal line. (No timing asserted.)"""
+    argv = ["--quick", "--sharding-types", "table_wise", "--pipeline", "on", "--dedup", "on", "--fast-step", "off",
+            "--no-floor", "--baseline-threads", "1", "--interleave-baseline", "--out-dir", str(tmp_path)]
+    cfg = cli.qps_config_from_args(cli.qps_parser().parse_args(argv), argv)
+    assert cfg.interleave_baseline
+    from dataclasses import replace
+
+    from marn_rec.benchmarks.qps import run_qps
+
+    results = run_qps(replace(cfg, isolate=True), log=lambda _: None)
+    (piped,) = [r for r in results["runs"] if r["mode"] == "table_wise"]
+    inter = piped["vs_baseline_interleaved"]
+    assert inter["status"] == "ok" and len(inter["pair_ratios"]) == cfg.windows
+    assert inter["ratio"] > 0 and results["goals"]["pipelined"]["table_wise"]["interleaved_vs_baseline"] == inter

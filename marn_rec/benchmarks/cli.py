@@ -119,6 +119,10 @@ def qps_parser() -> argparse.ArgumentParser:
     p.add_argument("--interleave-pipeline", action="store_true",
                    help="pipelined runs also time a plain-loop twin of the model in interleaved windows "
                         "(the pipeline's effect, immune to load drift; twice the tables' memory)")
+    p.add_argument("--interleave-baseline", action="store_true",
+                   help="pipelined sharded runs are also timed against the baseline in windows taken in "
+                        "turn by both process sets, alive at once (the ratio immune to load drift; both "
+                        "models' memory at once)")
     p.add_argument("--replicate-max-rows", type=int, default=d.replicate_max_rows, metavar="ROWS",
                    help="sharded runs replicate the pooled tables of at most ROWS rows on every rank "
                         "(TorchRec's data_parallel: no all-to-all for their lookups); 0: none")
@@ -156,7 +160,7 @@ def qps_config_from_args(args: argparse.Namespace, argv: Sequence[str]) -> QPSCo
         table_dtypes=list(args.table_dtypes), memory_budget_gib=args.memory_budget_gib,
         floor=not args.no_floor, floor_reps=args.floor_reps, floor_only=args.floor_only,
         fast_step=args.fast_step, fast_dtype=args.fast_dtype, interleave_pipeline=args.interleave_pipeline,
-        replicate_max_rows=args.replicate_max_rows,
+        replicate_max_rows=args.replicate_max_rows, interleave_baseline=args.interleave_baseline,
         keep_freed_memory=args.keep_freed_memory,
     )
     unknown = [t for t in cfg.table_dtypes if t not in TABLE_DTYPES]

@@ -102,6 +102,10 @@ class QPSConfig:
     # Sharded runs replicate the pooled tables of at most this many rows on every rank (TorchRec's
     # data_parallel: no all-to-all for their lookups; training: --replicate-max-rows); 0: none.
     replicate_max_rows: int = 0
+    # Pipelined sharded runs are also timed against the baseline in windows taken in turn by the
+    # two process sets, both alive at once: the sharded/baseline ratio immune to a drift of the
+    # machine between runs (both models' memory at once).
+    interleave_baseline: bool = False
 
     def fast_step_at(self, num_items: int, dedup: bool = True) -> bool:
         """Whether a run of ``num_items`` (item tower over unique items if ``dedup``) compares the

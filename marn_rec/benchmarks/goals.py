@@ -169,6 +169,9 @@ def pipelined_goals(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "plain_ratio_vs_baseline": rate_ratio(plain, base),
             "ratio_vs_plain": rate_ratio(piped, plain),
             "interleaved_ratio_vs_plain": (piped.get("vs_plain") or {}).get("ratio"),
+            # Against the baseline in windows taken in turn (--interleave-baseline): immune to drift.
+            "interleaved_vs_baseline": piped.get("vs_baseline_interleaved") if (
+                piped.get("vs_baseline_interleaved") or {}).get("status") == "ok" else None,
             "step_ms": {"plain": get(plain, "step_ms"), "pipelined": piped["step_ms"], "baseline": get(base, "step_ms")},
             "communication_ms": {"plain": plain and _bucket_ms(plain, COMMUNICATION),
                                  "pipelined": _bucket_ms(piped, COMMUNICATION)},
@@ -309,6 +312,16 @@ def goal_lines(goals: Dict[str, Any]) -> List[str]:
             )
         else:
             lines.append(f"pipelined sharded [{st}, num_items={p['num_items']:,}]: no baseline run at this size{detail}")
+        inter = p.get("interleaved_vs_baseline")
+        if inter is not None:
+            pairs = inter["pair_ratios"]
+            lines.append(
+                f"ratio pipelined sharded/baseline samples/s at fixed compute, windows taken in turn "
+                f"[{st}, num_items={p['num_items']:,}]: {inter['ratio']:.2f}x, median of {len(pairs)} "
+                f"window pairs ({min(pairs):.2f}-{max(pairs):.2f}; {inter['sharded_samples_per_s']:.0f} "
+                f"against {inter['baseline_samples_per_s']:.0f} samples/s) (goal >= {GOAL_PIPELINED_SPEEDUP}x: "
+                f"{verdict(inter['ratio'] >= GOAL_PIPELINED_SPEEDUP)})"
+            )
     for st, t in goals.get("table_dtype", {}).items():
         per = t["items_per_gib"]
         held = t["largest_held"]

@@ -71,9 +71,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) -> Dict[str, Any]:
+def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg, turns=None) -> Dict[str, Any]:
     """One run in this process (rank ``rank`` of ``spec.world_size``): raw per-rank figures,
-    summarised over the ranks by :func:`~marn_rec.benchmarks.qps.summarise`."""
+    summarised over the ranks by :func:`~marn_rec.benchmarks.qps.summarise`. ``turns``
+    (:class:`~marn_rec.benchmarks.launcher.Turns`): the warm-up and every timed window wait for
+    their turn, alternating with another set of processes (``qps.py --interleave-baseline``)."""
     import torch.distributed as dist
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -190,13 +192,19 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
             dist.barrier(pg)
 
     i = 0
+    if turns is not None:
+        turns.before_window()
     for _ in range(cfg.warmup_steps):
         step(i)
         i += 1
     _sync(device)
+    if turns is not None:
+        turns.after_window()
     barrier()
     window_s, cpu_s = [], []
     for _ in range(cfg.windows):
+        if turns is not None:
+            turns.before_window()
         _sync(device)
         t, c = time.perf_counter(), time.process_time()
         for _ in range(cfg.steps_per_window):
@@ -205,6 +213,8 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg) 
         _sync(device)
         window_s.append(time.perf_counter() - t)
         cpu_s.append(time.process_time() - c)
+        if turns is not None:
+            turns.after_window()
     out["window_s"] = window_s
     out["cpu_s"] = cpu_s  # CPU time of all this process's threads (gloo's included)
     barrier()

@@ -8,14 +8,14 @@ import os
 import shutil
 import statistics
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
 from marn_rec.benchmarks.config import BASELINE, ROW_WISE, QPSConfig, RunSpec, model_config, run_label
 from marn_rec.benchmarks.goals import evaluate_goals, fast_step_name
-from marn_rec.benchmarks.launcher import launch
+from marn_rec.benchmarks.launcher import launch, launch_interleaved
 from marn_rec.benchmarks.machine import GIB, MIB, machine_info
 from marn_rec.benchmarks.measure import generate_batches
 from marn_rec.benchmarks.memory import MemoryModel, memory_budget
@@ -109,6 +109,14 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
                             records.append(run_isolated(spec, cfg, memory, work_dir, info, log))
                         else:
                             pending.append((spec, info))
+                    if cfg.interleave_baseline and cfg.isolate and specs and specs[0][0].mode == BASELINE:
+                        for spec, dtype in specs[1:]:
+                            if spec.pipeline and dtype == "fp32":
+                                rec = next(r for r in records if r["mode"] == spec.mode and r["num_items"] == num_items
+                                           and r["dedup"] == dedup and r.get("pipeline") and r.get("table_dtype") == dtype)
+                                if rec["status"] == "ok":
+                                    rec["vs_baseline_interleaved"] = interleaved_vs_baseline(specs[0][0], spec, cfg,
+                                                                                             work_dir, log)
             if pending:
                 records += run_grouped(pending, cfg, memory, work_dir, log)
     finally:
@@ -121,6 +129,33 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
     }
     results["goals"] = evaluate_goals(results)
     return results
+
+
+def interleaved_vs_baseline(baseline: RunSpec, sharded: RunSpec, cfg: QPSConfig, work_dir: str,
+                            log: Log) -> Dict[str, Any]:
+    """The sharded run against the baseline in windows taken in turn by the two process sets, both
+    alive at once (:func:`~marn_rec.benchmarks.launcher.launch_interleaved`): per window pair the
+    ratio of global samples/s, so that a drift of the machine between runs cancels out. Only the
+    windows: no profile, fast step or floor. A failure is recorded, not raised."""
+    lean = replace(cfg, profile_steps=0, fast_step="off", tower_reps=0, interleave_pipeline=False)
+    try:
+        base_ranks, sharded_ranks = launch_interleaved(replace(baseline, floor=False), sharded, lean, work_dir)
+    except RuntimeError as e:
+        log(f"  {sharded.label} against the baseline, interleaved: failed: {e}")
+        return {"status": "failed", "reason": str(e)}
+    samples = cfg.steps_per_window * cfg.batch_size
+
+    def rates(per_rank: List[Dict[str, Any]], world: int) -> List[float]:
+        return [world * samples / max(w) for w in zip(*[r["window_s"] for r in per_rank])]
+
+    base, shard = rates(base_ranks, baseline.world_size), rates(sharded_ranks, sharded.world_size)
+    ratios = [s / b for s, b in zip(shard, base)]
+    out = {"status": "ok", "ratio": statistics.median(ratios), "pair_ratios": ratios,
+           "baseline_samples_per_s": statistics.median(base), "sharded_samples_per_s": statistics.median(shard)}
+    log(f"  {sharded.label} against the baseline, {len(ratios)} interleaved window pairs: "
+        f"{out['ratio']:.2f}x (pairs {min(ratios):.2f}-{max(ratios):.2f}; "
+        f"{out['sharded_samples_per_s']:.0f} against {out['baseline_samples_per_s']:.0f} samples/s)")
+    return out
 
 
 def predict(spec: RunSpec, cfg: QPSConfig, memory: MemoryModel) -> Tuple[bool, str, int]:
