@@ -110,11 +110,12 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
                         else:
                             pending.append((spec, info))
                     if cfg.interleave_baseline and cfg.isolate and specs and specs[0][0].mode == BASELINE:
+                        base_rec = records[-len(specs)]  # the baseline's, appended first above
                         for spec, dtype in specs[1:]:
                             if spec.pipeline and dtype == "fp32":
                                 rec = next(r for r in records if r["mode"] == spec.mode and r["num_items"] == num_items
                                            and r["dedup"] == dedup and r.get("pipeline") and r.get("table_dtype") == dtype)
-                                if rec["status"] == "ok":
+                                if rec["status"] == "ok" and base_rec["status"] == "ok":
                                     rec["vs_baseline_interleaved"] = interleaved_vs_baseline(specs[0][0], spec, cfg,
                                                                                              work_dir, log)
             if pending:
@@ -138,6 +139,15 @@ def interleaved_vs_baseline(baseline: RunSpec, sharded: RunSpec, cfg: QPSConfig,
     ratio of global samples/s, so that a drift of the machine between runs cancels out. Only the
     windows: no profile, fast step or floor. A failure is recorded, not raised."""
     lean = replace(cfg, profile_steps=0, fast_step="off", tower_reps=0, interleave_pipeline=False)
+    # Both models are in memory at once: their predicted peaks together must fit.
+    need = sum(baseline.predicted_peak_per_process) + sum(sharded.predicted_peak_per_process)
+    budget, what = memory_budget(cfg.resolved_device(), sharded.world_size, cfg.memory_fraction)
+    if cfg.memory_budget_gib:
+        budget = min(budget, int(cfg.memory_budget_gib * GIB))
+    if cfg.resolved_device() == "cpu" and need > budget:
+        reason = f"both models at once: predicted {need / GIB:.1f} GiB > {budget / GIB:.1f} GiB ({what}): skipped"
+        log(f"  {sharded.label} against the baseline, interleaved: {reason}")
+        return {"status": "skipped", "reason": reason}
     try:
         base_ranks, sharded_ranks = launch_interleaved(replace(baseline, floor=False), sharded, lean, work_dir)
     except RuntimeError as e:
