@@ -189,6 +189,30 @@ def _dmp_and_reference_step(
     return loss.item(), ref_loss.item(), (logits - ref_logits).abs().max().item()
 
 
+def _parity_batches(config: MARNConfig, world_size: int) -> List[List[MARNBatch]]:
+    """STEPS steps of one batch per rank, ranks of different sizes (BATCH_SIZES)."""
+    catalog = RandomCatalog(config)
+    return [
+        [random_batch(config, BATCH_SIZES[r], seed=100 * step + r, catalog=catalog) for r in range(world_size)]
+        for step in range(STEPS)
+    ]
+
+
+def _trajectory(dmp: nn.Module, reference: MARNTrain, optimizer: Any, reference_optimizer: Any,
+                batches: List[List[MARNBatch]], rank: int) -> Dict[str, Any]:
+    """Both models trained on ``batches``: this rank's losses, the reference's, the logit
+    differences per step, and the largest difference of this rank's state at the end."""
+    steps = [
+        _dmp_and_reference_step(dmp, reference, optimizer, reference_optimizer, b, rank) for b in batches
+    ]
+    return {
+        "losses": [s[0] for s in steps],
+        "reference_losses": [s[1] for s in steps],
+        "logit_diffs": [s[2] for s in steps],
+        "state_diff": max(_state_max_diff(dmp, reference.state_dict()).values()),
+    }
+
+
 # --------------------------------------------------------------------- parity with unsharded
 
 # (name, table optimizer, dense optimizer). "paper" is section 4.1: row-wise AdaGrad for the
@@ -204,14 +228,7 @@ def _parity_worker(rank: int, world_size: int, sharding_type: str) -> Dict[str, 
     """The layout of the DMP model, then STEPS steps of DMP and reference per optimizer."""
     with _process_group(rank, world_size) as pg:
         config = tiny()
-        catalog = RandomCatalog(config)
-        batches = [
-            [
-                random_batch(config, BATCH_SIZES[r], seed=100 * step + r, catalog=catalog)
-                for r in range(world_size)
-            ]
-            for step in range(STEPS)
-        ]
+        batches = _parity_batches(config, world_size)
         out: Dict[str, Any] = {
             "unique_items": [[b.num_unique_items for b in step] for step in batches]
         }
@@ -238,19 +255,7 @@ def _parity_worker(rank: int, world_size: int, sharding_type: str) -> Dict[str, 
                 }
             optimizer = training_optimizer(dmp, LR, dense_optimizer)
             reference_optimizer = training_optimizer(reference, LR, dense_optimizer)
-            steps = [
-                _dmp_and_reference_step(
-                    dmp, reference, optimizer, reference_optimizer, step_batches, rank
-                )
-                for step_batches in batches
-            ]
-            diffs = _state_max_diff(dmp, reference.state_dict())
-            out[name] = {
-                "losses": [s[0] for s in steps],
-                "reference_losses": [s[1] for s in steps],
-                "logit_diffs": [s[2] for s in steps],
-                "state_diff": max(diffs.values()),
-            }
+            out[name] = _trajectory(dmp, reference, optimizer, reference_optimizer, batches, rank)
         return out
 
 
@@ -339,11 +344,7 @@ def _replicated_worker(rank: int, world_size: int) -> Dict[str, Any]:
 
     with _process_group(rank, world_size) as pg:
         config = tiny()
-        catalog = RandomCatalog(config)
-        batches = [
-            [random_batch(config, BATCH_SIZES[r], seed=100 * step + r, catalog=catalog) for r in range(world_size)]
-            for step in range(STEPS)
-        ]
+        batches = _parity_batches(config, world_size)
         out: Dict[str, Any] = {}
         for name, embedding_optimizer, dense_optimizer in OPTIMIZERS[1:]:
             reference, dmp = _reference_and_dmp(
@@ -356,22 +357,11 @@ def _replicated_worker(rank: int, world_size: int) -> Dict[str, Any]:
             optimizer = training_optimizer(dmp, LR, dense_optimizer)
             out["optimizer_groups"] = sorted({k.split(".")[0] for k in optimizer.state_dict()["state"]})
             reference_optimizer = training_optimizer(reference, LR, dense_optimizer)
-            steps = [
-                _dmp_and_reference_step(dmp, reference, optimizer, reference_optimizer, b, rank)
-                for b in batches
-            ]
-            diffs = _state_max_diff(dmp, reference.state_dict())
+            out[name] = _trajectory(dmp, reference, optimizer, reference_optimizer, batches, rank)
             # The replicated tables, as this rank holds them after training (same on every rank?).
-            state = dmp.state_dict()
-            out[name] = {
-                "losses": [s[0] for s in steps],
-                "reference_losses": [s[1] for s in steps],
-                "logit_diffs": [s[2] for s in steps],
-                "state_diff": max(diffs.values()),
-                "replicated": {
-                    k: v.clone() for k, v in state.items()
-                    if not isinstance(v, ShardedTensor) and any(f".{t}." in k for t in out["expected"])
-                },
+            out[name]["replicated"] = {
+                k: v.clone() for k, v in dmp.state_dict().items()
+                if not isinstance(v, ShardedTensor) and any(f".{t}." in k for t in out["expected"])
             }
         return out
 

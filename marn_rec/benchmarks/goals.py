@@ -33,6 +33,11 @@ def fast_step_name(fast_step: Dict[str, Any]) -> str:
     return ("bf16 autocast" if dtype == "bf16" else "fp32") + " + fused AdaGrad + new kernels"
 
 
+def _ok(measurement: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``measurement`` if it ran (status ok), else None."""
+    return measurement if measurement and measurement.get("status") == "ok" else None
+
+
 def ok_runs(records: Iterable[Dict[str, Any]], **match: Any) -> List[Dict[str, Any]]:
     """The records that ran (status ok) and have every ``key=value`` of ``match``."""
     return [
@@ -170,8 +175,7 @@ def pipelined_goals(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             "ratio_vs_plain": rate_ratio(piped, plain),
             "interleaved_ratio_vs_plain": (piped.get("vs_plain") or {}).get("ratio"),
             # Against the baseline in windows taken in turn (--interleave-baseline): immune to drift.
-            "interleaved_vs_baseline": piped.get("vs_baseline_interleaved") if (
-                piped.get("vs_baseline_interleaved") or {}).get("status") == "ok" else None,
+            "interleaved_vs_baseline": _ok(piped.get("vs_baseline_interleaved")),
             "step_ms": {"plain": get(plain, "step_ms"), "pipelined": piped["step_ms"], "baseline": get(base, "step_ms")},
             "communication_ms": {"plain": plain and _bucket_ms(plain, COMMUNICATION),
                                  "pipelined": _bucket_ms(piped, COMMUNICATION)},

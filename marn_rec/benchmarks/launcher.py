@@ -4,13 +4,14 @@ as JSON files, and a failed or killed rank reported as a RuntimeError rather tha
 :func:`launch_interleaved` runs the baseline process and a sharded set side by side, taking turns
 window by window (:class:`Turns`), so that a drift of the machine's speed hits both alike."""
 
+import contextlib
 import datetime
 import json
 import os
 import tempfile
 import time
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import torch
 
@@ -42,6 +43,13 @@ class Turns:
         if self.first:
             self._wait()
         self._wait()
+
+    @contextlib.contextmanager
+    def window(self) -> Iterator[None]:
+        """The block runs in this set's turn."""
+        self.before_window()
+        yield
+        self.after_window()
 
 
 def worker(rank: int, world_size: int, port: int, specs_path: str, out_dir: str,
@@ -95,22 +103,64 @@ def worker(rank: int, world_size: int, port: int, specs_path: str, out_dir: str,
                 dist.destroy_process_group()
 
 
+def _write_specs(specs: List[RunSpec], cfg: QPSConfig, work_dir: str) -> Tuple[str, str]:
+    """A new output folder under ``work_dir`` with ``specs`` written for :func:`worker` in it;
+    (folder, specs file)."""
+    out_dir = tempfile.mkdtemp(dir=work_dir)
+    specs_path = os.path.join(out_dir, "specs.json")
+    with open(specs_path, "w") as f:
+        json.dump({"config": asdict(cfg), "specs": [asdict(s) for s in specs]}, f)
+    return out_dir, specs_path
+
+
+def _start(specs: List[RunSpec], cfg: QPSConfig, work_dir: str, *extra: Any) -> Tuple[Any, str]:
+    """One spawned :func:`worker` per rank on ``specs`` (``extra``: the worker's trailing
+    arguments); the processes' context and output folder."""
+    import torch.multiprocessing as mp
+
+    from marn_rec.training.loop import free_port
+
+    out_dir, specs_path = _write_specs(specs, cfg, work_dir)
+    world = specs[0].world_size
+    context = mp.start_processes(
+        worker, args=(world, free_port(), specs_path, out_dir, *extra), nprocs=world, join=False,
+        start_method="spawn",
+    )
+    return context, out_dir
+
+
+def _wait(contexts: List[Any], timeout_s: float) -> None:
+    """Until every process of ``contexts`` has ended. A process that raised or died, or the
+    timeout, terminates all of them (our own children only) and raises RuntimeError."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(contexts)
+    try:
+        while pending:
+            pending = [c for c in pending if not c.join(timeout=1.0)]
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout_s:.0f} s")
+    except Exception as e:  # also ProcessRaisedException / ProcessExitedException (e.g. OOM kill)
+        for context in contexts:
+            for proc in context.processes:
+                if proc.is_alive():
+                    proc.terminate()
+            for proc in context.processes:
+                proc.join(10)
+        if isinstance(e, TimeoutError):
+            raise RuntimeError(str(e)) from e
+        text = str(e).strip()
+        raise RuntimeError(f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}") from e
+
+
 def launch(specs: List[RunSpec], cfg: QPSConfig, work_dir: str) -> List[List[Dict[str, Any]]]:
     """Runs ``specs`` (same mode, same world size) in one set of spawned processes.
 
     Returns, per spec, the per-rank results, or raises RuntimeError (a rank failed or was killed).
     """
-    import torch.multiprocessing as mp
-
-    from marn_rec.training.loop import free_port
-
-    out_dir = tempfile.mkdtemp(dir=work_dir)
-    specs_path = os.path.join(out_dir, "specs.json")
-    with open(specs_path, "w") as f:
-        json.dump({"config": asdict(cfg), "specs": [asdict(s) for s in specs]}, f)
     world = specs[0].world_size
     if not cfg.isolate and specs[0].mode == BASELINE:
         # In this process (``--quick``: saves a process start-up); threads restored afterwards.
+        out_dir, specs_path = _write_specs(specs, cfg, work_dir)
         threads = torch.get_num_threads()
         try:
             worker(0, 1, 0, specs_path, out_dir)
@@ -119,28 +169,8 @@ def launch(specs: List[RunSpec], cfg: QPSConfig, work_dir: str) -> List[List[Dic
         finally:
             torch.set_num_threads(threads)
         return read_results(out_dir, len(specs), world)
-    context = mp.start_processes(
-        worker,
-        args=(world, free_port(), specs_path, out_dir),
-        nprocs=world,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + cfg.timeout_s * len(specs)
-    try:
-        while not context.join(timeout=2.0):
-            if time.monotonic() > deadline:
-                for proc in context.processes:  # our own children only
-                    if proc.is_alive():
-                        proc.terminate()
-                for proc in context.processes:
-                    proc.join(10)
-                raise RuntimeError(f"timed out after {cfg.timeout_s * len(specs):.0f} s")
-    except RuntimeError:
-        raise
-    except Exception as e:  # ProcessRaisedException / ProcessExitedException (e.g. OOM kill)
-        text = str(e).strip()
-        raise RuntimeError(f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}") from e
+    context, out_dir = _start(specs, cfg, work_dir)
+    _wait([context], cfg.timeout_s * len(specs))
     return read_results(out_dir, len(specs), world)
 
 
@@ -151,43 +181,12 @@ def launch_interleaved(first: RunSpec, second: RunSpec, cfg: QPSConfig,
     results. Raises RuntimeError if a process of either set fails or the pair times out."""
     import multiprocessing
 
-    import torch.multiprocessing as mp
-
-    from marn_rec.training.loop import free_port
-
     barrier = multiprocessing.get_context("spawn").Barrier(first.world_size + second.world_size)
-    sets = []
-    for spec, is_first in ((first, True), (second, False)):
-        out_dir = tempfile.mkdtemp(dir=work_dir)
-        specs_path = os.path.join(out_dir, "specs.json")
-        with open(specs_path, "w") as f:
-            json.dump({"config": asdict(cfg), "specs": [asdict(spec)]}, f)
-        context = mp.start_processes(
-            worker, args=(spec.world_size, free_port(), specs_path, out_dir, barrier, is_first),
-            nprocs=spec.world_size, join=False, start_method="spawn",
-        )
-        sets.append((context, out_dir, spec.world_size))
-    deadline = time.monotonic() + cfg.timeout_s
-    pending = list(range(len(sets)))
-    try:
-        while pending:
-            for k in list(pending):
-                if sets[k][0].join(timeout=1.0):
-                    pending.remove(k)
-            if pending and time.monotonic() > deadline:
-                raise RuntimeError(f"timed out after {cfg.timeout_s:.0f} s")
-    except Exception as e:  # a process raised or died: stop the other set too
-        for context, _, _ in sets:
-            for proc in context.processes:
-                if proc.is_alive():
-                    proc.terminate()
-            for proc in context.processes:
-                proc.join(10)
-        if isinstance(e, RuntimeError) and str(e).startswith("timed out"):
-            raise
-        text = str(e).strip()
-        raise RuntimeError(f"{type(e).__name__}: {text.splitlines()[-1] if text else ''}") from e
-    return tuple(read_results(out_dir, 1, world)[0] for _, out_dir, world in sets)  # type: ignore[return-value]
+    started = [_start([first], cfg, work_dir, barrier, True), _start([second], cfg, work_dir, barrier, False)]
+    _wait([context for context, _ in started], cfg.timeout_s)
+    first_out, second_out = (read_results(out_dir, 1, spec.world_size)[0]
+                             for (_, out_dir), spec in zip(started, (first, second)))
+    return first_out, second_out
 
 
 def read_results(out_dir: str, num_specs: int, world: int) -> List[List[Dict[str, Any]]]:

@@ -12,6 +12,7 @@ import gc
 import itertools
 import statistics
 import time
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Sequence
 
 import torch
@@ -191,30 +192,25 @@ def measure(spec: RunSpec, cfg: QPSConfig, rank: int, device: torch.device, pg, 
         if pg is not None:
             dist.barrier(pg)
 
+    in_turn = turns.window if turns is not None else nullcontext
     i = 0
-    if turns is not None:
-        turns.before_window()
-    for _ in range(cfg.warmup_steps):
-        step(i)
-        i += 1
-    _sync(device)
-    if turns is not None:
-        turns.after_window()
-    barrier()
-    window_s, cpu_s = [], []
-    for _ in range(cfg.windows):
-        if turns is not None:
-            turns.before_window()
-        _sync(device)
-        t, c = time.perf_counter(), time.process_time()
-        for _ in range(cfg.steps_per_window):
+    with in_turn():
+        for _ in range(cfg.warmup_steps):
             step(i)
             i += 1
         _sync(device)
-        window_s.append(time.perf_counter() - t)
-        cpu_s.append(time.process_time() - c)
-        if turns is not None:
-            turns.after_window()
+    barrier()
+    window_s, cpu_s = [], []
+    for _ in range(cfg.windows):
+        with in_turn():
+            _sync(device)
+            t, c = time.perf_counter(), time.process_time()
+            for _ in range(cfg.steps_per_window):
+                step(i)
+                i += 1
+            _sync(device)
+            window_s.append(time.perf_counter() - t)
+            cpu_s.append(time.process_time() - c)
     out["window_s"] = window_s
     out["cpu_s"] = cpu_s  # CPU time of all this process's threads (gloo's included)
     barrier()

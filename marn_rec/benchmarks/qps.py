@@ -110,14 +110,12 @@ def run_qps(cfg: QPSConfig, log: Log = print) -> Dict[str, Any]:
                         else:
                             pending.append((spec, info))
                     if cfg.interleave_baseline and cfg.isolate and specs and specs[0][0].mode == BASELINE:
-                        base_rec = records[-len(specs)]  # the baseline's, appended first above
-                        for spec, dtype in specs[1:]:
-                            if spec.pipeline and dtype == "fp32":
-                                rec = next(r for r in records if r["mode"] == spec.mode and r["num_items"] == num_items
-                                           and r["dedup"] == dedup and r.get("pipeline") and r.get("table_dtype") == dtype)
-                                if rec["status"] == "ok" and base_rec["status"] == "ok":
-                                    rec["vs_baseline_interleaved"] = interleaved_vs_baseline(specs[0][0], spec, cfg,
-                                                                                             work_dir, log)
+                        # Isolated runs appended one record per spec, in order: the baseline's first.
+                        ((base_spec, _), base_rec), *sharded = zip(specs, records[-len(specs):])
+                        for (spec, dtype), rec in sharded:
+                            if spec.pipeline and dtype == "fp32" and rec["status"] == base_rec["status"] == "ok":
+                                rec["vs_baseline_interleaved"] = interleaved_vs_baseline(base_spec, spec, cfg,
+                                                                                         work_dir, log)
             if pending:
                 records += run_grouped(pending, cfg, memory, work_dir, log)
     finally:
@@ -139,26 +137,20 @@ def interleaved_vs_baseline(baseline: RunSpec, sharded: RunSpec, cfg: QPSConfig,
     ratio of global samples/s, so that a drift of the machine between runs cancels out. Only the
     windows: no profile, fast step or floor. A failure is recorded, not raised."""
     lean = replace(cfg, profile_steps=0, fast_step="off", tower_reps=0, interleave_pipeline=False)
-    # Both models are in memory at once: their predicted peaks together must fit.
-    need = sum(baseline.predicted_peak_per_process) + sum(sharded.predicted_peak_per_process)
-    budget, what = memory_budget(cfg.resolved_device(), sharded.world_size, cfg.memory_fraction)
-    if cfg.memory_budget_gib:
-        budget = min(budget, int(cfg.memory_budget_gib * GIB))
-    if cfg.resolved_device() == "cpu" and need > budget:
-        reason = f"both models at once: predicted {need / GIB:.1f} GiB > {budget / GIB:.1f} GiB ({what}): skipped"
-        log(f"  {sharded.label} against the baseline, interleaved: {reason}")
-        return {"status": "skipped", "reason": reason}
+    # Both models are in memory at once: their predicted peaks together must fit (on GPUs, the
+    # baseline's and the largest rank's share a device).
+    peaks = (baseline.predicted_peak_per_process, sharded.predicted_peak_per_process)
+    need = sum(map(max, peaks)) if cfg.resolved_device() == "cuda" else sum(map(sum, peaks))
+    ok, reason, _ = fits_budget(need, cfg, sharded.world_size)
+    if not ok:
+        log(f"  {sharded.label} against the baseline, interleaved: both models at once: {reason}")
+        return {"status": "skipped", "reason": f"both models at once: {reason}"}
     try:
         base_ranks, sharded_ranks = launch_interleaved(replace(baseline, floor=False), sharded, lean, work_dir)
     except RuntimeError as e:
         log(f"  {sharded.label} against the baseline, interleaved: failed: {e}")
         return {"status": "failed", "reason": str(e)}
-    samples = cfg.steps_per_window * cfg.batch_size
-
-    def rates(per_rank: List[Dict[str, Any]], world: int) -> List[float]:
-        return [world * samples / max(w) for w in zip(*[r["window_s"] for r in per_rank])]
-
-    base, shard = rates(base_ranks, baseline.world_size), rates(sharded_ranks, sharded.world_size)
+    base, shard = global_rates(base_ranks, cfg), global_rates(sharded_ranks, cfg)
     ratios = [s / b for s, b in zip(shard, base)]
     out = {"status": "ok", "ratio": statistics.median(ratios), "pair_ratios": ratios,
            "baseline_samples_per_s": statistics.median(base), "sharded_samples_per_s": statistics.median(shard)}
@@ -172,11 +164,17 @@ def predict(spec: RunSpec, cfg: QPSConfig, memory: MemoryModel) -> Tuple[bool, s
     """Sets ``spec.predicted_peak_per_process``; (fits, why not, budget) against the memory free
     now (the sum over processes on the host, the largest process on a GPU)."""
     spec.predicted_peak_per_process = memory.predict(spec.mode, spec.dedup, spec.embedding_per_process)
-    budget, what = memory_budget(cfg.resolved_device(), spec.world_size, cfg.memory_fraction)
     if cfg.resolved_device() == "cuda":
         need = max(spec.predicted_peak_per_process)
     else:
         need = sum(spec.predicted_peak_per_process)
+    return fits_budget(need, cfg, spec.world_size)
+
+
+def fits_budget(need: int, cfg: QPSConfig, world_size: int) -> Tuple[bool, str, int]:
+    """(fits, why not, budget) of ``need`` bytes against the memory free now (and the cap of
+    ``--memory-budget-gib``)."""
+    budget, what = memory_budget(cfg.resolved_device(), world_size, cfg.memory_fraction)
     if cfg.memory_budget_gib and cfg.memory_budget_gib * GIB < budget:
         budget = int(cfg.memory_budget_gib * GIB)
         if need > budget:
@@ -188,12 +186,19 @@ def predict(spec: RunSpec, cfg: QPSConfig, memory: MemoryModel) -> Tuple[bool, s
     return True, "", budget
 
 
+def global_rates(per_rank: List[Dict[str, Any]], cfg: QPSConfig,
+                 windows: Callable[[Dict[str, Any]], List[float]] = lambda r: r["window_s"]) -> List[float]:
+    """Samples/s of all ranks together in each timed window (a window ends with its slowest rank);
+    ``windows``: where a rank's result keeps the window seconds."""
+    samples = len(per_rank) * cfg.steps_per_window * cfg.batch_size
+    return [samples / max(w) for w in zip(*[windows(r) for r in per_rank])]
+
+
 def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> Dict[str, Any]:
     """One result record from the ranks' raw measurements."""
     world = spec.world_size
-    samples = cfg.steps_per_window * cfg.batch_size
     windows = list(zip(*[r["window_s"] for r in per_rank]))
-    global_rates = [world * samples / max(w) for w in windows]
+    rates = global_rates(per_rank, cfg)
     rec: Dict[str, Any] = {
         "mode": spec.mode,
         "num_items": spec.num_items,
@@ -203,9 +208,9 @@ def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> 
         "status": "ok",
         "processes": world,
         "threads_per_process": per_rank[0]["threads"],
-        "global_samples_per_s": statistics.median(global_rates),
-        "per_process_samples_per_s": statistics.median(global_rates) / world,
-        "window_global_samples_per_s": global_rates,
+        "global_samples_per_s": statistics.median(rates),
+        "per_process_samples_per_s": statistics.median(rates) / world,
+        "window_global_samples_per_s": rates,
         "step_ms": 1e3 * statistics.median(max(w) for w in windows) / cfg.steps_per_window,
         # Process CPU time per step (all threads): less sensitive than wall time to other work on
         # the machine, but it counts OpenMP spin-waits.
@@ -242,15 +247,15 @@ def summarise(spec: RunSpec, per_rank: List[Dict[str, Any]], cfg: QPSConfig) -> 
             "ratio": statistics.median(ratios),
             "pair_ratios": ratios,
             "plain_samples_per_s": statistics.median(
-                world * samples / max(w) for w in zip(*[r["vs_plain"]["plain_window_s"] for r in per_rank])),
+                global_rates(per_rank, cfg, lambda r: r["vs_plain"]["plain_window_s"])),
             "pipelined_samples_per_s": statistics.median(
-                world * samples / max(w) for w in zip(*[r["vs_plain"]["pipelined_window_s"] for r in per_rank])),
+                global_rates(per_rank, cfg, lambda r: r["vs_plain"]["pipelined_window_s"])),
         }
     if "fast_step" in per_rank[0]:
         pairs = zip(*[zip(r["fast_step"]["old_window_s"], r["fast_step"]["fast_window_s"]) for r in per_rank])
         ratios = [max(o for o, _ in pair) / max(f for _, f in pair) for pair in pairs]
-        old = [world * samples / max(w) for w in zip(*[r["fast_step"]["old_window_s"] for r in per_rank])]
-        new = [world * samples / max(w) for w in zip(*[r["fast_step"]["fast_window_s"] for r in per_rank])]
+        old = global_rates(per_rank, cfg, lambda r: r["fast_step"]["old_window_s"])
+        new = global_rates(per_rank, cfg, lambda r: r["fast_step"]["fast_window_s"])
         rec["fast_step"] = {
             "old_samples_per_s": statistics.median(old),
             "fast_samples_per_s": statistics.median(new),
